@@ -97,7 +97,9 @@ class DetectorConfig:
 
 @dataclass(frozen=True)
 class CropConfig:
-    scale: float = 1.3  # square box enlarged 1.3x: the FaceForensics++ convention
+    # Square box enlarged 1.3x (the FaceForensics++ convention). None: take the
+    # checkpoint's own, so crops are cut the way the classifier was trained.
+    scale: float | None = None
     size: int = 224  # crop side in pixels; the scan sets it from the checkpoint's input size
     jpeg_quality: int = 95  # high enough that the classifier sees little extra JPEG damage
 
@@ -142,6 +144,10 @@ class ScanConfig:
     pushgateway: str | None = None
     shard_max_videos: int = 64  # videos per face shard: ~2k faces, ~20 MB, one row group each
     progress: bool = True
+
+    @property
+    def crop_scale(self) -> float:
+        return self.crop.scale if self.crop.scale is not None else 1.3
 
     @property
     def faces_uri(self) -> str:

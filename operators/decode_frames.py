@@ -1,0 +1,273 @@
+"""Decode only the frames a sampling policy asks for, with PyAV.
+
+Sparse by construction: ``uniform:N`` computes exact frame indices from the header and
+stops decoding after the last one; ``keyframes`` tells the decoder to skip every
+non-key frame (``skip_frame=NONKEY``) so the others are never reconstructed; only
+sampled frames are converted from YUV to BGR. Display rotation from the container's
+display matrix is applied to the sampled frames, so faces are upright for detection.
+
+Failures are typed (see ``operators.errors``): a file that is not a media container
+is ``unsupported``; a media container that FFmpeg cannot open or decode is
+``decode_error``; a per-video wall-clock deadline gives ``timeout``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import math
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any, BinaryIO
+
+import av
+import av.error
+import fsspec
+import numpy as np
+import puremagic
+
+from operators.errors import DecodeError, UnsupportedMedia, VideoTimeout, VideoTooLarge
+from pipelines.config import LimitsConfig, SamplingConfig
+from schemas.records import Frame, VideoMeta
+
+# Demuxers an upload may be opened with. Everything else (playlists such as HLS or
+# concat that make FFmpeg open other files or URLs, image sequences, raw devices) is
+# refused by FFmpeg itself through ``format_whitelist``.
+ALLOWED_DEMUXERS = (
+    "mov,mp4,m4a,3gp,3g2,mj2",
+    "matroska,webm",
+    "avi",
+    "flv",
+    "mpegts",
+    "mpeg",
+    "ogg",
+    "asf",
+    "gif",
+    "h264",
+    "hevc",
+)
+# How much of the file head is sniffed to tell "not media" from "broken media".
+_SNIFF_BYTES = 8192
+
+
+@dataclass
+class DecodeStats:
+    """Mutable counters a decode fills in as it goes (read after the frames are used)."""
+
+    frames_decoded: int = 0  # frames the decoder reconstructed, sampled or not
+    frames_sampled: int = 0
+    seconds: float = 0.0  # time spent inside the decoder, excluding the consumer's work
+    rotation: int = 0  # display rotation found on the frames, degrees counter-clockwise
+    notes: list[str] = field(default_factory=list)
+
+
+def uniform_indices(frame_count: int, count: int) -> list[int]:
+    """``count`` frame indices spread evenly from the first to the last frame."""
+    if frame_count <= 0:
+        return []
+    picks = np.linspace(0, frame_count - 1, num=min(count, frame_count))
+    return sorted({int(i) for i in np.round(picks)})
+
+
+def _sniff_mime(head: bytes) -> str | None:
+    try:
+        return str(puremagic.from_string(head, mime=True)) or None
+    except (puremagic.PureError, ValueError):
+        return None
+
+
+def _classify_open_failure(head: bytes, err: Exception) -> Exception:
+    """Not media at all -> unsupported; a media container FFmpeg cannot open -> decode_error."""
+    if not head:
+        return UnsupportedMedia("empty file")
+    mime = _sniff_mime(head)
+    if mime is None or not mime.startswith(("video/", "audio/", "application/vnd.rn")):
+        kind = mime or "unrecognised bytes"
+        return UnsupportedMedia(f"not a video container ({kind})")
+    return DecodeError(f"{mime} container could not be opened: {err}")
+
+
+def _rotation_of(frame: Any) -> int:
+    return int(getattr(frame, "rotation", 0) or 0) % 360
+
+
+def _rotate(image: np.ndarray, rotation: int) -> np.ndarray:
+    """Apply a counter-clockwise display rotation in multiples of 90 degrees."""
+    k = round(rotation / 90) % 4
+    return np.ascontiguousarray(np.rot90(image, k=k)) if k else image
+
+
+class FrameDecoder:
+    """Decodes the sampled frames of one video at a time.
+
+    Constructed from small settings only; holds no open file between videos.
+    ``threads`` is FFmpeg's decoder thread count (0 lets FFmpeg pick one per core).
+    """
+
+    def __init__(
+        self,
+        sampling: SamplingConfig,
+        limits: LimitsConfig,
+        threads: int = 0,
+        storage_options: dict[str, Any] | None = None,
+    ) -> None:
+        self.sampling = sampling
+        self.limits = limits
+        self.threads = threads
+        self.storage_options = dict(storage_options or {})
+
+    @contextlib.contextmanager
+    def _open(self, uri: str) -> Iterator[tuple[Any, BinaryIO]]:
+        with fsspec.open(uri, "rb", **self.storage_options) as fh:
+            head = fh.read(_SNIFF_BYTES)
+            if not head:
+                raise UnsupportedMedia("empty file")
+            fh.seek(0)
+            try:
+                container = av.open(
+                    fh,
+                    mode="r",
+                    options={"format_whitelist": ",".join(ALLOWED_DEMUXERS)},
+                    metadata_errors="ignore",
+                )
+            except (av.error.FFmpegError, ValueError, EOFError, OSError) as err:
+                raise _classify_open_failure(head, err) from None
+            try:
+                yield container, fh
+            finally:
+                container.close()
+
+    def _probe(self, container: Any) -> tuple[Any, VideoMeta]:
+        if not container.streams.video:
+            kinds = sorted({s.type for s in container.streams}) or ["none"]
+            raise UnsupportedMedia(f"no video stream (streams: {', '.join(kinds)})")
+        stream = container.streams.video[0]
+        ctx = stream.codec_context
+        if ctx is None or not ctx.name:
+            raise UnsupportedMedia("video stream has no decoder in this FFmpeg build")
+        width, height = int(ctx.width or 0), int(ctx.height or 0)
+        if width * height > self.limits.max_pixels:
+            raise VideoTooLarge(
+                f"{width}x{height} exceeds the limit of {self.limits.max_pixels} pixels per frame"
+            )
+        fps = float(stream.average_rate) if stream.average_rate else None
+        if fps is None and stream.guessed_rate:
+            fps = float(stream.guessed_rate)
+        duration: float | None = None
+        if stream.duration is not None and stream.time_base is not None:
+            duration = float(stream.duration * stream.time_base)
+        elif container.duration is not None:
+            duration = container.duration / 1_000_000
+        frames = int(stream.frames) if stream.frames else None
+        if frames is None and duration and fps:
+            frames = max(1, round(duration * fps))
+        meta = VideoMeta(
+            duration_s=duration,
+            fps=fps,
+            width=width,
+            height=height,
+            codec=str(ctx.name),
+            frame_count=frames,
+        )
+        return stream, meta
+
+    def _count_packets(self, container: Any, stream: Any) -> int:
+        """Frame count by demuxing without decoding, for containers with no count."""
+        n = sum(1 for p in container.demux(stream) if p.size)
+        container.seek(0)
+        return n
+
+    @contextlib.contextmanager
+    def open(self, uri: str, deadline: float | None = None) -> Iterator[DecodedVideo]:
+        """Open ``uri`` and yield its header facts and a lazy iterator of sampled frames."""
+        with self._open(uri) as (container, _fh):
+            stream, meta = self._probe(container)
+            if self.sampling.policy == "uniform" and not meta.frame_count:
+                meta = _replace_count(meta, self._count_packets(container, stream))
+            stats = DecodeStats()
+            frames = self._iter_frames(container, stream, meta, stats, deadline)
+            yield DecodedVideo(meta=meta, frames=frames, stats=stats)
+
+    def _iter_frames(
+        self,
+        container: Any,
+        stream: Any,
+        meta: VideoMeta,
+        stats: DecodeStats,
+        deadline: float | None,
+    ) -> Iterator[Frame]:
+        ctx = stream.codec_context
+        ctx.thread_type = "AUTO"
+        ctx.thread_count = self.threads
+        policy = self.sampling.policy
+        wanted: set[int] = set()
+        last_wanted = -1
+        if policy == "uniform":
+            wanted = set(uniform_indices(meta.frame_count or 0, self.sampling.count))
+            last_wanted = max(wanted, default=-1)
+            if last_wanted < 0:
+                return
+        elif policy == "keyframes":
+            ctx.skip_frame = "NONKEY"
+        step = 1.0 / self.sampling.fps if policy == "fps" else 0.0
+        next_t = 0.0
+        fps = meta.fps or 25.0
+        # Times are reported from the first frame: a stream may start at 0.85 s.
+        start_s = float(stream.start_time * stream.time_base) if stream.start_time else 0.0
+        decoded = 0
+        rotation: int | None = None
+        decoder = container.decode(stream)
+        while True:
+            if deadline is not None and time.monotonic() > deadline:
+                raise VideoTimeout(
+                    f"decode exceeded the per-video time limit after {stats.frames_decoded} frames"
+                )
+            t0 = time.perf_counter()
+            try:
+                frame = next(decoder)
+            except StopIteration:
+                stats.seconds += time.perf_counter() - t0
+                break
+            except (av.error.FFmpegError, ValueError) as err:
+                stats.seconds += time.perf_counter() - t0
+                if stats.frames_sampled == 0:
+                    raise DecodeError(f"decoding failed at frame {decoded}: {err}") from None
+                stats.notes.append(f"decoding stopped at frame {decoded}: {err}")
+                break
+            index = decoded
+            decoded += 1
+            stats.frames_decoded = decoded
+            pts_s = float(frame.time) - start_s if frame.time is not None else index / fps
+            if policy == "keyframes":
+                # Skipped frames never reach us: the index comes from the timestamp.
+                index = round(pts_s * fps)
+                take = True
+            elif policy == "fps":
+                take = pts_s + 1e-6 >= next_t
+                if take:
+                    next_t = (math.floor(pts_s / step + 1e-6) + 1) * step
+            else:
+                take = index in wanted
+            if not take:
+                stats.seconds += time.perf_counter() - t0
+                continue
+            if rotation is None:
+                rotation = stats.rotation = _rotation_of(frame)
+            image = _rotate(frame.to_ndarray(format="bgr24"), rotation)
+            stats.frames_sampled += 1
+            stats.seconds += time.perf_counter() - t0
+            yield Frame(index=index, pts_s=pts_s, image=image)
+            if policy == "uniform" and index >= last_wanted:
+                break  # everything after the last sampled frame is never decoded
+
+
+@dataclass
+class DecodedVideo:
+    meta: VideoMeta
+    frames: Iterator[Frame]
+    stats: DecodeStats
+
+
+def _replace_count(meta: VideoMeta, count: int) -> VideoMeta:
+    return dataclasses.replace(meta, frame_count=count)

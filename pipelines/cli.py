@@ -1,0 +1,256 @@
+"""``dfscan``: the command line. Parses flags into typed configs, then hands off.
+
+Every subcommand lives in a module with ``register(subparsers)``; this file only wires
+them. A bad argument or setting prints one line and exits 2, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import sys
+import uuid
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, NoReturn
+
+from pipelines import __version__
+from pipelines.config import (
+    DETECTOR_FILES,
+    AggregateConfig,
+    ConfigError,
+    CropConfig,
+    DetectorConfig,
+    LimitsConfig,
+    SamplingConfig,
+    ScanConfig,
+    ScorerConfig,
+)
+
+DEFAULT_MODEL = "artifacts/starter.pt"
+DEFAULT_OUT = "out"
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line (``dfscan: error: ...``) and exit code 2."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"dfscan: error: {message}\n")
+
+
+def _is_local(uri: str) -> bool:
+    return "://" not in uri or uri.startswith("file://")
+
+
+def _local_path(uri: str) -> str:
+    return uri[len("file://") :] if uri.startswith("file://") else uri
+
+
+def default_warehouse(out: str) -> str:
+    if not _is_local(out):
+        raise ConfigError("--out is not a local path: pass --warehouse (DuckDB needs a local file)")
+    return "duckdb://" + str(Path(_local_path(out)).resolve() / "scans.duckdb")
+
+
+def new_run_id() -> str:
+    stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    return f"{stamp}-{uuid.uuid4().hex[:6]}"
+
+
+def _storage_options(text: str | None) -> dict[str, Any]:
+    if not text:
+        return {}
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise ConfigError(f"--storage-options is not valid JSON: {err.msg}") from None
+    if not isinstance(value, dict):
+        raise ConfigError("--storage-options must be a JSON object")
+    return value
+
+
+def _positive(kind: type) -> Any:
+    def parse(text: str) -> Any:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+        if value <= 0:
+            raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
+        return value
+
+    return parse
+
+
+def _fraction(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"must be within [0, 1], got {text}")
+    return value
+
+
+# ---------------------------------------------------------------- scan
+def register_scan(sub: Any) -> None:
+    from operators.aggregate import DECISION_RULES
+
+    p = sub.add_parser("scan", help="scan videos for deepfaked faces")
+    p.add_argument("input", help="folder or prefix URI, one video, or a CSV/JSONL/Parquet manifest")
+    p.add_argument("--out", default=DEFAULT_OUT, help="output URI for face shards and metrics")
+    p.add_argument("--warehouse", help="warehouse URL (default: duckdb:///OUT/scans.duckdb)")
+    p.add_argument(
+        "--model",
+        default=os.environ.get("DFSCAN_MODEL", DEFAULT_MODEL),
+        help=f"classifier checkpoint path or URI (default: {DEFAULT_MODEL})",
+    )
+    p.add_argument("--frames", default="uniform:32", help="uniform:N | fps:F | keyframes")
+    p.add_argument("--detector", default="scrfd-500m", choices=sorted(DETECTOR_FILES))
+    p.add_argument("--detector-model", help="ONNX file for the detector (default: shared models)")
+    p.add_argument("--det-size", type=_positive(int), default=640, help="detector input side")
+    p.add_argument("--det-threshold", type=_fraction, default=0.5)
+    p.add_argument(
+        "--crop-scale",
+        type=_positive(float),
+        help="box enlargement (default: the checkpoint's, 1.3)",
+    )
+    p.add_argument("--rule", default=AggregateConfig.rule, choices=sorted(DECISION_RULES))
+    p.add_argument("--threshold", type=_fraction, default=0.5, help="FAKE at or above this")
+    p.add_argument("--batch-size", type=_positive(int), default=64, help="faces per forward pass")
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    p.add_argument(
+        "--timeout",
+        type=_positive(float),
+        default=LimitsConfig.timeout_s,
+        help="per-video seconds for decode+detect",
+    )
+    p.add_argument("--max-bytes", type=_positive(int), default=LimitsConfig.max_bytes)
+    p.add_argument("--runner", default="local", help="engine: local (default)")
+    p.add_argument("--run-id", help="id of this run (default: time + random)")
+    p.add_argument("--storage-options", help="JSON object passed to fsspec (e.g. endpoint)")
+    p.add_argument("--pushgateway", help="Prometheus Pushgateway URL to push metrics to")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=run_scan_command)
+
+
+def build_scan_config(args: argparse.Namespace) -> ScanConfig:
+    from pipelines.scan import RUNNERS
+
+    if args.runner not in RUNNERS:
+        raise ConfigError(f"unknown --runner {args.runner!r}: choose one of {', '.join(RUNNERS)}")
+    storage = _storage_options(args.storage_options)
+    model = args.model
+    if _is_local(model) and not Path(_local_path(model)).exists():
+        raise ConfigError(
+            f"no model at {model}: pass --model CKPT or train one with `dfscan train`"
+        )
+    detector = DetectorConfig.build(
+        args.detector,
+        args.detector_model,
+        det_size=args.det_size,
+        score_threshold=args.det_threshold,
+        device=args.device,
+    )
+    crop = CropConfig(scale=args.crop_scale)  # None: the checkpoint's crop scale
+    return ScanConfig(
+        input_uri=args.input,
+        out_uri=args.out,
+        warehouse_url=args.warehouse or default_warehouse(args.out),
+        run_id=args.run_id or new_run_id(),
+        sampling=SamplingConfig.parse(args.frames),
+        detector=detector,
+        crop=crop,
+        limits=LimitsConfig(max_bytes=args.max_bytes, timeout_s=args.timeout),
+        scorer=ScorerConfig(checkpoint=model, device=args.device, batch_size=args.batch_size),
+        aggregate=AggregateConfig(rule=args.rule, threshold=args.threshold),
+        storage_options=storage,
+        pushgateway=args.pushgateway,
+        progress=not args.no_progress,
+    )
+
+
+def run_scan_command(args: argparse.Namespace) -> int:
+    from pipelines.console import ScanConsole
+    from pipelines.scan import run_scan
+
+    cfg = build_scan_config(args)
+    with ScanConsole(enabled=cfg.progress) as console:
+        summary = run_scan(cfg, args.runner, on_row=console.on_row, on_listed=console.on_listed)
+    console.print_summary(summary, cfg)
+    return 0
+
+
+# ---------------------------------------------------------------- results
+def register_results(sub: Any) -> None:
+    p = sub.add_parser("results", help="show warehouse rows")
+    p.add_argument(
+        "--warehouse",
+        default=os.environ.get("DFSCAN_WAREHOUSE"),
+        help="warehouse URL (default: duckdb:///out/scans.duckdb)",
+    )
+    p.add_argument("--status", help="only rows with this status")
+    p.add_argument("--model-version", help="only rows of this model version")
+    p.add_argument("--limit", type=_positive(int), default=50)
+    p.add_argument("--format", choices=["table", "json"], default="table")
+    p.set_defaults(func=run_results_command)
+
+
+def run_results_command(args: argparse.Namespace) -> int:
+    from operators.write_warehouse import build_warehouse, duckdb_path
+    from pipelines.console import print_results
+    from schemas.records import VideoStatus
+
+    if args.status and args.status not in {s.value for s in VideoStatus}:
+        raise ConfigError(
+            f"unknown --status {args.status!r}: one of {', '.join(s.value for s in VideoStatus)}"
+        )
+    url = args.warehouse or default_warehouse(DEFAULT_OUT)
+    if url.startswith("duckdb://"):
+        path = duckdb_path(url)
+        if path != ":memory:" and not Path(path).exists():
+            raise ConfigError(f"no warehouse at {url}: run `dfscan scan` first or pass --warehouse")
+    warehouse = build_warehouse(url)
+    try:
+        rows = warehouse.query_scans(
+            status=args.status, limit=args.limit, model_version=args.model_version
+        )
+    finally:
+        warehouse.close()
+    if args.format == "json":
+        for row in rows:
+            print(json.dumps(row, default=str))
+    else:
+        print_results(rows)
+    return 0
+
+
+# ---------------------------------------------------------------- wiring
+def build_parser() -> OneLineParser:
+    from pipelines import train
+
+    parser = OneLineParser(prog="dfscan", description="Scan videos for deepfaked faces.")
+    parser.add_argument("--version", action="version", version=f"dfscan {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=OneLineParser)
+    for register in (register_scan, register_results, train.register):
+        register(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except ConfigError as err:
+        print(f"dfscan: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("dfscan: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

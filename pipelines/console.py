@@ -1,0 +1,109 @@
+"""What a person sees: a progress bar while scanning (quiet when not a terminal), a
+summary table at the end, and warehouse rows as a table."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+from rich.table import Table
+
+from pipelines.config import ScanConfig
+from schemas.records import VideoScan
+
+
+class ScanConsole:
+    """Progress of a scan: videos done/total, faces so far, videos per second."""
+
+    def __init__(self, enabled: bool = True) -> None:
+        self.console = Console()
+        self.enabled = enabled and self.console.is_terminal
+        self.progress = Progress(
+            TextColumn("[bold]scan"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("videos · {task.fields[faces]} faces · {task.fields[rate]}"),
+            TimeElapsedColumn(),
+            TimeRemainingColumn(),
+            console=self.console,
+            disable=not self.enabled,
+        )
+        self.task: Any = None
+        self.faces = 0
+
+    def __enter__(self) -> ScanConsole:
+        self.progress.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.progress.stop()
+
+    def on_listed(self, total: int) -> None:
+        self.task = self.progress.add_task("scan", total=total, faces=0, rate="")
+
+    def on_row(self, row: VideoScan, total: int) -> None:
+        if self.task is None:
+            self.on_listed(total)
+        self.faces += row.faces
+        task = self.progress.tasks[0]
+        elapsed = task.elapsed or 0.0
+        rate = f"{(task.completed + 1) / elapsed:.2f} videos/s" if elapsed > 0 else ""
+        self.progress.update(self.task, advance=1, faces=self.faces, rate=rate)
+
+    def print_summary(self, summary: Any, cfg: ScanConfig) -> None:
+        table = Table(title=f"dfscan run {summary.run_id}", show_header=True)
+        table.add_column("status")
+        table.add_column("videos", justify="right")
+        for status, n in sorted(summary.counts.items()):
+            table.add_row(status, str(n))
+        table.add_row("[bold]total", f"[bold]{summary.videos}")
+        self.console.print(table)
+        rate = summary.videos / summary.seconds if summary.seconds else 0.0
+        labels = ", ".join(f"{k} {v}" for k, v in sorted(summary.labels.items())) or "none"
+        self.console.print(
+            f"runner {summary.runner} · model {summary.model_version} · "
+            f"{summary.frames} frames · {summary.faces} faces · labels: {labels} · "
+            f"{summary.seconds:.1f} s ({rate:.2f} videos/s)"
+        )
+        self.console.print(f"warehouse {cfg.warehouse_url} · faces {cfg.faces_uri}")
+
+
+RESULT_COLUMNS = (
+    "video_id",
+    "uri",
+    "status",
+    "label",
+    "fake_probability",
+    "faces",
+    "tracks",
+    "frames_sampled",
+    "model_version",
+    "error",
+)
+
+
+def print_results(rows: list[dict[str, Any]]) -> None:
+    console = Console()
+    table = Table(show_header=True, header_style="bold")
+    for col in RESULT_COLUMNS:
+        table.add_column(col, overflow="fold")
+    for row in rows:
+        values = []
+        for col in RESULT_COLUMNS:
+            v = row.get(col)
+            if col == "video_id" and v:
+                v = str(v)[:12]
+            elif col == "fake_probability" and v is not None:
+                v = f"{v:.3f}"
+            values.append("" if v is None else str(v))
+        table.add_row(*values)
+    console.print(table)
+    console.print(f"{len(rows)} rows")

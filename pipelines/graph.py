@@ -1,0 +1,58 @@
+"""The scan as one ordered list of operators: every engine runs this same list.
+
+Engines differ only in how they move records between the operators (a generator chain,
+Ray Data ``map_batches``, Beam ``ParDo``), never in which operators run or how.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+from operators.aggregate import VideoAggregator
+from operators.base import Operator
+from operators.extract_faces import FaceExtractor
+from operators.list_videos import VideoHasher
+from operators.score_faces import FaceScorer
+from operators.write_face_shards import FaceShardWriter
+from operators.write_warehouse import WarehouseWriter
+from pipelines.config import ScanConfig
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """What the driver needs to know of the classifier before any worker loads it."""
+
+    version: str
+    arch: str
+    input_size: int
+    crop_scale: float
+
+
+def resolve_model(cfg: ScanConfig) -> ModelInfo:
+    """Read the checkpoint's metadata on the driver (fails fast on a bad --model)."""
+    from operators.models.checkpoints import model_version
+    from operators.models.scorers import read_meta
+
+    meta, sha = read_meta(cfg.scorer.checkpoint, cfg.storage_options or None)
+    return ModelInfo(model_version(meta, sha), meta.arch, meta.input_size, meta.crop_scale)
+
+
+def configure_for_model(cfg: ScanConfig, model: ModelInfo) -> ScanConfig:
+    """Crops are cut the way the classifier was trained: its input size and crop scale."""
+    scale = cfg.crop.scale if cfg.crop.scale is not None else model.crop_scale
+    crop = dataclasses.replace(cfg.crop, size=model.input_size, scale=scale)
+    return dataclasses.replace(cfg, crop=crop)
+
+
+def build_operators(cfg: ScanConfig, model: ModelInfo) -> list[Operator]:
+    """hash -> decode+detect -> face shards -> score -> aggregate -> warehouse."""
+    opts = cfg.storage_options
+    return [
+        VideoHasher(cfg.limits.max_bytes, opts),
+        FaceExtractor(cfg.sampling, cfg.detector, cfg.crop, cfg.limits, opts),
+        FaceShardWriter(cfg.faces_uri, cfg.run_id, cfg.crop_scale, opts, cfg.shard_max_videos),
+        FaceScorer(cfg.scorer),
+        VideoAggregator(cfg.aggregate, model.version, model.arch, cfg.run_id),
+        WarehouseWriter(cfg.warehouse_url),
+    ]
