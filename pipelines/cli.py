@@ -23,6 +23,7 @@ from pipelines.config import (
     ConfigError,
     CropConfig,
     DetectorConfig,
+    EngineConfig,
     LimitsConfig,
     SamplingConfig,
     ScanConfig,
@@ -128,7 +129,8 @@ def register_scan(sub: Any) -> None:
         help="per-video seconds for decode+detect",
     )
     p.add_argument("--max-bytes", type=_positive(int), default=LimitsConfig.max_bytes)
-    p.add_argument("--runner", default="local", help="engine: local (default)")
+    p.add_argument("--runner", default="local", help="engine: local (default), ray, beam")
+    p.add_argument("--ray-address", help="connect to this Ray cluster (auto, ray://head:10001)")
     p.add_argument("--run-id", help="id of this run (default: time + random)")
     p.add_argument("--storage-options", help="JSON object passed to fsspec (e.g. endpoint)")
     p.add_argument("--pushgateway", help="Prometheus Pushgateway URL to push metrics to")
@@ -167,6 +169,7 @@ def build_scan_config(args: argparse.Namespace) -> ScanConfig:
         scorer=ScorerConfig(checkpoint=model, device=args.device, batch_size=args.batch_size),
         aggregate=AggregateConfig(rule=args.rule, threshold=args.threshold),
         storage_options=storage,
+        engine=EngineConfig(args.runner, args.ray_address, tuple(args.beam_args)),
         pushgateway=args.pushgateway,
         progress=not args.no_progress,
     )
@@ -178,7 +181,7 @@ def run_scan_command(args: argparse.Namespace) -> int:
 
     cfg = build_scan_config(args)
     with ScanConsole(enabled=cfg.progress) as console:
-        summary = run_scan(cfg, args.runner, on_row=console.on_row, on_listed=console.on_listed)
+        summary = run_scan(cfg, on_row=console.on_row, on_listed=console.on_listed)
     console.print_summary(summary, cfg)
     return 0
 
@@ -240,8 +243,15 @@ def build_parser() -> OneLineParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    # Everything after `--` belongs to the engine (Beam pipeline options), untouched.
+    engine_args: list[str] = []
+    if "--" in argv:
+        cut = argv.index("--")
+        argv, engine_args = argv[:cut], argv[cut + 1 :]
     parser = build_parser()
     args = parser.parse_args(argv)
+    args.beam_args = engine_args
     try:
         return int(args.func(args) or 0)
     except ConfigError as err:

@@ -129,6 +129,15 @@ class AggregateConfig:
 
 
 @dataclass(frozen=True)
+class EngineConfig:
+    """Which engine runs the operators, and its own settings."""
+
+    name: str = "local"  # local | ray | beam
+    ray_address: str | None = None  # None: start Ray in-process; "auto" or ray://host:10001
+    beam_args: tuple[str, ...] = ()  # Beam pipeline options after `--`, passed untouched
+
+
+@dataclass(frozen=True)
 class ScanConfig:
     input_uri: str
     out_uri: str
@@ -141,6 +150,7 @@ class ScanConfig:
     scorer: ScorerConfig = field(default_factory=ScorerConfig)
     aggregate: AggregateConfig = field(default_factory=AggregateConfig)
     storage_options: dict[str, object] = field(default_factory=dict)
+    engine: EngineConfig = field(default_factory=EngineConfig)
     pushgateway: str | None = None
     shard_max_videos: int = 64  # videos per face shard: ~2k faces, ~20 MB, one row group each
     progress: bool = True

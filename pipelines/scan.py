@@ -11,12 +11,11 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol
 
-from operators.metrics import ScanMetrics
-
 from operators.base import Operator
 from operators.list_videos import list_videos
+from operators.metrics import ScanMetrics
 from pipelines import code_version
-from pipelines.config import ScanConfig
+from pipelines.config import EngineConfig, ScanConfig
 from pipelines.graph import ModelInfo, build_operators, configure_for_model, resolve_model
 from schemas.records import VideoFile, VideoScan
 
@@ -29,14 +28,15 @@ class Runner(Protocol):
     ) -> Any: ...
 
 
-def _local_runner() -> Runner:
+def _local_runner(engine: EngineConfig) -> Runner:
     from pipelines.local import LocalRunner
 
     return LocalRunner()
 
 
 # Engines by name; each module is imported only when chosen (Ray and Beam are heavy).
-RUNNERS: dict[str, Callable[[], Runner]] = {"local": _local_runner}
+# A runner's run(files, operators, metrics) yields one VideoScan per listed file.
+RUNNERS: dict[str, Callable[[EngineConfig], Runner]] = {"local": _local_runner}
 
 
 @dataclass
@@ -78,7 +78,6 @@ def config_json(cfg: ScanConfig) -> str:
 
 def run_scan(
     cfg: ScanConfig,
-    runner_name: str = "local",
     on_row: Callable[[VideoScan, int], None] | None = None,
     on_listed: Callable[[int], None] | None = None,
 ) -> ScanSummary:
@@ -90,7 +89,7 @@ def run_scan(
     files = list(list_videos(cfg.input_uri, cfg.storage_options))
     if on_listed:
         on_listed(len(files))
-    runner = RUNNERS[runner_name]()
+    runner = RUNNERS[cfg.engine.name](cfg.engine)
     metrics = ScanMetrics()
     metrics.set_info(
         model_version=model.version,

@@ -57,7 +57,7 @@ def test_frames_carry_index_and_presentation_time(tmp_path: Path):
     assert [round(f.pts_s, 3) for f in frames] == [0.0, 0.48, 0.96, 1.48, 1.96]
     # The red channel encodes the index: the right frames were converted.
     reds = [int(np.median(f.image[..., 2])) for f in frames]  # BGR: red is channel 2
-    assert all(abs(r - (i * 8) % 256) <= 3 for r, i in zip(reds, [0, 12, 24, 37, 49]))
+    assert all(abs(r - (i * 8) % 256) <= 3 for r, i in zip(reds, [0, 12, 24, 37, 49], strict=True))
 
 
 def test_fps_sampling_takes_one_frame_per_interval(tmp_path: Path):
@@ -69,8 +69,11 @@ def test_fps_sampling_takes_one_frame_per_interval(tmp_path: Path):
 def test_keyframes_decodes_only_keyframes(tmp_path: Path):
     clip = write_video(tmp_path / "c.mp4", n=60, gop=12)
     with av.open(str(clip)) as c:  # the keyframes as the container marks them
-        keys = [round(float(p.pts * p.time_base) * 25) for p in c.demux(video=0)
-                if p.is_keyframe and p.pts is not None]
+        keys = [
+            round(float(p.pts * p.time_base) * 25)
+            for p in c.demux(video=0)
+            if p.is_keyframe and p.pts is not None
+        ]
     video, frames = decode(clip, "keyframes")
     assert [f.index for f in frames] == sorted(keys)
     assert {0, 12, 24} <= set(keys) and len(keys) < 10
