@@ -17,6 +17,11 @@ def _with_meta(schema: pa.Schema, name: str, version: int) -> pa.Schema:
     return schema.with_metadata({"dfscan.schema": name, "dfscan.schema_version": str(version)})
 
 
+def _floats(n: int) -> pa.DataType:
+    # "element" is the Parquet-compliant name of list items: what a read returns.
+    return pa.list_(pa.field("element", pa.float32(), nullable=False), n)
+
+
 FACE_SHARD_SCHEMA: pa.Schema = _with_meta(
     pa.schema(
         [
@@ -25,8 +30,8 @@ FACE_SHARD_SCHEMA: pa.Schema = _with_meta(
             pa.field("frame_index", pa.int32(), nullable=False),
             pa.field("pts_s", pa.float64(), nullable=False),
             pa.field("track_id", pa.int32(), nullable=False),
-            pa.field("bbox", pa.list_(pa.float32(), 4), nullable=False),  # x1, y1, x2, y2
-            pa.field("landmarks", pa.list_(pa.float32(), 10), nullable=False),  # 5 x (x, y)
+            pa.field("bbox", _floats(4), nullable=False),  # x1, y1, x2, y2
+            pa.field("landmarks", _floats(10), nullable=False),  # 5 x (x, y)
             pa.field("det_score", pa.float32(), nullable=False),
             pa.field("crop", pa.binary(), nullable=False),  # JPEG bytes
             pa.field("crop_width", pa.int16(), nullable=False),
