@@ -1,0 +1,432 @@
+"""The warehouse: one row per (video, model version), one row per run, dashboard views.
+
+``Warehouse`` holds every query that DuckDB and PostgreSQL share (runs, reads, the
+incremental-scan check), written once with the dialect's placeholder, so two backends
+cannot answer the same question differently. A backend supplies the connection, the
+bulk upsert and the placeholder, and registers its URL scheme in ``WAREHOUSES``.
+
+Upserts are keyed by ``VIDEO_SCANS_KEY`` (video_id, model_version): a rerun replaces a
+video's row instead of adding one, so a crash and a retry leave one row per key.
+
+DuckDB and processes: a DuckDB file takes one writing process at a time (a second
+process that opens it for writing fails with a lock error). So the connection is opened
+lazily by the process that uses it (``WarehouseWriter.setup`` on the one writer worker,
+``resources.concurrency == 1``), never on the driver before the operator is shipped, and
+a reader (``dfscan results``) should open, query and ``close()`` promptly rather than
+hold the file while a scan wants to write.
+"""
+
+from __future__ import annotations
+
+import abc
+import json
+from collections.abc import Iterable, Mapping, Sequence
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
+
+import pyarrow as pa
+
+from operators.base import Operator, Resources
+from pipelines.config import ConfigError
+from schemas.arrow import VIDEO_SCANS_KEY, VIDEO_SCANS_SCHEMA
+from schemas.records import VideoScan, VideoStatus
+from schemas.warehouse import (
+    RUN_STATUSES,
+    SCAN_RUNS_KEY,
+    SCAN_RUNS_SCHEMA,
+    quote_identifier,
+    scan_runs_ddl,
+    upsert_sql,
+    validate_identifier,
+    video_scans_ddl,
+    view_statements,
+)
+
+if TYPE_CHECKING:
+    import duckdb
+
+Row = dict[str, Any]
+_W = TypeVar("_W", bound="Warehouse")
+
+# Ids per IN (...) list: well under every driver's parameter limit (PostgreSQL: 65535)
+# while a 100k-video listing still takes only 100 round trips.
+_KEYS_PER_QUERY = 1000
+
+
+def video_scans_table(rows: Sequence[VideoScan]) -> pa.Table:
+    """Records as an Arrow table with the explicit warehouse schema (never inferred).
+
+    ``scanned_at`` is epoch seconds in the record and a UTC timestamp in the table.
+    """
+    columns: dict[str, list[Any]] = {name: [] for name in VIDEO_SCANS_SCHEMA.names}
+    for row in rows:
+        for name, values in columns.items():
+            values.append(getattr(row, name))
+    columns["status"] = [VideoStatus(s).value for s in columns["status"]]
+    columns["scanned_at"] = [
+        datetime.fromtimestamp(t, tz=timezone.utc) for t in columns["scanned_at"]
+    ]
+    return pa.Table.from_pydict(columns, schema=VIDEO_SCANS_SCHEMA)
+
+
+def _last_per_key(rows: Iterable[VideoScan]) -> list[VideoScan]:
+    """One row per key, the last one given winning, as a rerun's row replaces the old.
+
+    Needed because DuckDB's ON CONFLICT keeps the *first* of two same-key rows inside a
+    single INSERT, and PostgreSQL rejects such an INSERT outright.
+    """
+    latest: dict[tuple[str, str], VideoScan] = {}
+    for row in rows:
+        latest[(row.video_id, row.model_version)] = row
+    return list(latest.values())
+
+
+def _status_value(status: str | VideoStatus) -> str:
+    try:
+        return VideoStatus(status).value
+    except ValueError:
+        choices = ", ".join(s.value for s in VideoStatus)
+        raise ConfigError(f"unknown video status {status!r}: choose one of {choices}") from None
+
+
+def _check_limit(limit: int | None) -> int | None:
+    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 0):
+        raise ConfigError(f"limit must be a non-negative integer, got {limit!r}")
+    return limit
+
+
+class Warehouse(abc.ABC):
+    """Where scan results and run records live; one subclass per database.
+
+    Subclasses implement ``_fetch``/``_execute`` (parametrised statements), the bulk
+    ``upsert_scans`` and ``close``; everything else is shared SQL.
+    """
+
+    scheme: ClassVar[str]
+    dialect: ClassVar[str]
+    placeholder: ClassVar[str] = "?"
+    # Processes that may write at once; None = no limit. The writer operator's
+    # concurrency comes from here, so the engine never starts more than the DB allows.
+    max_writers: ClassVar[int | None] = None
+
+    def __init__(
+        self, url: str, *, scans_table: str = "video_scans", runs_table: str = "scan_runs"
+    ) -> None:
+        self.url = url
+        self.scans_table = validate_identifier(scans_table)
+        self.runs_table = validate_identifier(runs_table)
+
+    # --- backend primitives -----------------------------------------------------------
+
+    @abc.abstractmethod
+    def _fetch(self, sql: str, params: Sequence[Any] = ()) -> list[Row]:
+        """Run one parametrised statement and return its rows as dicts."""
+
+    @abc.abstractmethod
+    def _execute(self, sql: str, params: Sequence[Any] = ()) -> None:
+        """Run one parametrised statement that returns no rows, committed on return."""
+
+    @abc.abstractmethod
+    def upsert_scans(self, rows: list[VideoScan]) -> int:
+        """Insert or replace rows by (video_id, model_version) in one transaction.
+
+        Returns the number of distinct keys written (same-key rows in one call collapse
+        to the last).
+        """
+
+    @abc.abstractmethod
+    def close(self) -> None:
+        """Release the connection; the object may connect again on next use."""
+
+    # --- shared SQL -------------------------------------------------------------------
+
+    def _params(self, n: int) -> str:
+        return ", ".join([self.placeholder] * n)
+
+    def ensure_schema(self) -> None:
+        """Create tables and views if missing; refuse a table whose columns drifted.
+
+        ``CREATE TABLE IF NOT EXISTS`` would silently keep an older layout, and the
+        upsert would then fail on a missing column mid-scan; checking here fails at setup
+        with the names of the missing columns.
+        """
+        self._execute(video_scans_ddl(self.dialect, self.scans_table))
+        self._execute(scan_runs_ddl(self.dialect, self.runs_table))
+        for table, schema in (
+            (self.scans_table, VIDEO_SCANS_SCHEMA),
+            (self.runs_table, SCAN_RUNS_SCHEMA),
+        ):
+            found = {
+                r["column_name"]
+                for r in self._fetch(
+                    "SELECT column_name FROM information_schema.columns"
+                    f" WHERE table_name = {self.placeholder}"
+                    " AND table_schema = current_schema()",
+                    [table],
+                )
+            }
+            missing = [n for n in schema.names if n not in found]
+            if missing:
+                raise ConfigError(
+                    f"warehouse table {table} lacks columns {', '.join(missing)}:"
+                    " migrate it or use another database"
+                )
+        for statement in view_statements(self.scans_table):
+            self._execute(statement)
+
+    def start_run(self, run_id: str, command: str, config_json: str, code_version: str) -> None:
+        """Record a run as running. A restart with the same run_id resets its row."""
+        values = {
+            "run_id": run_id,
+            "command": command,
+            "config": config_json,
+            "code_version": code_version,
+            "started_at": datetime.now(timezone.utc),
+            "ended_at": None,
+            "status": "running",
+            "videos_total": None,
+            "counts_by_status": None,
+            "error": None,
+        }
+        params = [values[n] for n in SCAN_RUNS_SCHEMA.names]
+        source = f"VALUES ({self._params(len(params))})"
+        self._execute(upsert_sql(self.runs_table, SCAN_RUNS_SCHEMA, SCAN_RUNS_KEY, source), params)
+
+    def finish_run(
+        self,
+        run_id: str,
+        status: str,
+        counts_by_status: Mapping[str, int],
+        error: str | None,
+    ) -> None:
+        """Close a run with its outcome and per-status video counts."""
+        if status not in RUN_STATUSES or status == "running":
+            raise ValueError(f"a run finishes as 'succeeded' or 'failed', not {status!r}")
+        counts = {str(getattr(k, "value", k)): int(v) for k, v in counts_by_status.items()}
+        p = self.placeholder
+        rows = self._fetch(
+            f"UPDATE {quote_identifier(self.runs_table)} SET ended_at = {p}, status = {p},"
+            f" videos_total = {p}, counts_by_status = {p}, error = {p}"
+            f" WHERE run_id = {p} RETURNING run_id",
+            [
+                datetime.now(timezone.utc),
+                status,
+                sum(counts.values()),
+                json.dumps(dict(sorted(counts.items()))),
+                error,
+                run_id,
+            ],
+        )
+        if not rows:
+            raise LookupError(f"no run {run_id!r} in {self.runs_table}: start_run was not called")
+
+    def query_scans(
+        self,
+        status: str | None = None,
+        limit: int | None = None,
+        model_version: str | None = None,
+    ) -> list[Row]:
+        """Rows newest first, optionally of one status and/or one model version."""
+        where: list[str] = []
+        params: list[Any] = []
+        if status is not None:
+            where.append(f"status = {self.placeholder}")
+            params.append(_status_value(status))
+        if model_version is not None:
+            where.append(f"model_version = {self.placeholder}")
+            params.append(model_version)
+        cols = ", ".join(quote_identifier(n) for n in VIDEO_SCANS_SCHEMA.names)
+        sql = f"SELECT {cols} FROM {quote_identifier(self.scans_table)}"
+        if where:
+            sql += " WHERE " + " AND ".join(where)
+        sql += " ORDER BY scanned_at DESC, video_id, model_version"
+        if _check_limit(limit) is not None:
+            sql += f" LIMIT {self.placeholder}"
+            params.append(limit)
+        return self._fetch(sql, params)
+
+    def query_runs(self, limit: int = 20) -> list[Row]:
+        """Runs newest first; JSON columns (config, counts_by_status) stay text."""
+        _check_limit(limit)
+        cols = ", ".join(quote_identifier(n) for n in SCAN_RUNS_SCHEMA.names)
+        return self._fetch(
+            f"SELECT {cols} FROM {quote_identifier(self.runs_table)}"
+            f" ORDER BY started_at DESC, run_id LIMIT {self.placeholder}",
+            [limit],
+        )
+
+    def scanned_keys(self, model_version: str, video_ids: list[str]) -> set[str]:
+        """The ids among ``video_ids`` that already have a row under ``model_version``.
+
+        Any status counts as scanned; a caller that wants to retry errors filters the
+        ids it passes (or rescans with --force).
+        """
+        found: set[str] = set()
+        unique = list(dict.fromkeys(video_ids))
+        table = quote_identifier(self.scans_table)
+        for start in range(0, len(unique), _KEYS_PER_QUERY):
+            chunk = unique[start : start + _KEYS_PER_QUERY]
+            rows = self._fetch(
+                f"SELECT video_id FROM {table} WHERE model_version = {self.placeholder}"
+                f" AND video_id IN ({self._params(len(chunk))})",
+                [model_version, *chunk],
+            )
+            found.update(r["video_id"] for r in rows)
+        return found
+
+    def __enter__(self: _W) -> _W:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+_DUCKDB_PREFIX = "duckdb://"
+_STAGED = "_dfscan_staged_scans"  # per-connection Arrow view of the batch being upserted
+
+
+def duckdb_path(url: str) -> str:
+    """The file path of a ``duckdb://`` URL: everything after ``duckdb://``.
+
+    As with ``file://`` URLs, ``duckdb:///data/x.duckdb`` is absolute and
+    ``duckdb://out/x.duckdb`` is relative to the working directory;
+    ``duckdb://:memory:`` is an in-memory database (tests, dry runs).
+    """
+    if not url.startswith(_DUCKDB_PREFIX):
+        raise ConfigError(f"not a DuckDB URL {url!r}: use duckdb:///path/to/file.duckdb")
+    path = url[len(_DUCKDB_PREFIX) :]
+    if path in (":memory:", "/:memory:"):
+        return ":memory:"
+    if not path or path.endswith("/"):
+        raise ConfigError(f"DuckDB URL {url!r} names no file: use duckdb:///path/to/file.duckdb")
+    return path
+
+
+class DuckDBWarehouse(Warehouse):
+    """A DuckDB file (or memory). One writing process at a time: see the module docstring."""
+
+    scheme = "duckdb"
+    dialect = "duckdb"
+    placeholder = "?"
+    max_writers = 1  # DuckDB locks the file for one writing process
+
+    def __init__(
+        self, url: str, *, scans_table: str = "video_scans", runs_table: str = "scan_runs"
+    ) -> None:
+        super().__init__(url, scans_table=scans_table, runs_table=runs_table)
+        self.path = duckdb_path(url)
+        self._con: duckdb.DuckDBPyConnection | None = None
+
+    @property
+    def con(self) -> duckdb.DuckDBPyConnection:
+        """The connection, opened on first use in the process that uses it."""
+        if self._con is None:
+            import duckdb
+
+            if self.path != ":memory:":
+                Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+            con = duckdb.connect(self.path)
+            # Timestamps come back as UTC, whatever the host's zone.
+            con.execute("SET TimeZone = 'UTC'").fetchall()
+            self._con = con
+        return self._con
+
+    def _fetch(self, sql: str, params: Sequence[Any] = ()) -> list[Row]:
+        cur = self.con.execute(sql, list(params))
+        names = [d[0] for d in cur.description or ()]
+        return [dict(zip(names, row, strict=True)) for row in cur.fetchall()]
+
+    def _execute(self, sql: str, params: Sequence[Any] = ()) -> None:
+        # Drain the result: in DuckDB 2.0 an open result holds the connection.
+        self.con.execute(sql, list(params)).fetchall()
+
+    def upsert_scans(self, rows: list[VideoScan]) -> int:
+        import duckdb
+
+        unique = _last_per_key(rows)
+        if not unique:
+            return 0
+        con = self.con
+        names = ", ".join(quote_identifier(n) for n in VIDEO_SCANS_SCHEMA.names)
+        sql = upsert_sql(
+            self.scans_table,
+            VIDEO_SCANS_SCHEMA,
+            VIDEO_SCANS_KEY,
+            f"SELECT {names} FROM {quote_identifier(_STAGED)}",
+        )
+        con.register(_STAGED, video_scans_table(unique))
+        try:
+            con.begin()
+            try:
+                con.execute(sql).fetchall()
+            except duckdb.Error:
+                con.rollback()
+                raise
+            con.commit()
+        finally:
+            con.unregister(_STAGED)
+        return len(unique)
+
+    def close(self) -> None:
+        if self._con is not None:
+            self._con.close()
+            self._con = None
+
+
+# URL scheme -> backend. Open: a PostgreSQL backend adds "postgresql" (and "postgres").
+WAREHOUSES: dict[str, type[Warehouse]] = {
+    DuckDBWarehouse.scheme: DuckDBWarehouse,
+}
+
+
+def warehouse_class(url: str) -> type[Warehouse]:
+    """The backend for a URL's scheme. Errors name the scheme only: URLs carry passwords."""
+    scheme, sep, _ = url.partition("://")
+    if not sep or not scheme:
+        raise ConfigError("warehouse URL has no scheme: use e.g. duckdb:///path/to/file.duckdb")
+    try:
+        return WAREHOUSES[scheme.lower()]
+    except KeyError:
+        raise ConfigError(
+            f"unknown warehouse URL scheme {scheme!r}: choose one of {', '.join(WAREHOUSES)}"
+        ) from None
+
+
+def build_warehouse(url: str) -> Warehouse:
+    """A warehouse for ``url``, not yet connected (it connects on first use)."""
+    return warehouse_class(url)(url)
+
+
+class WarehouseWriter(Operator[VideoScan, VideoScan]):
+    """Upserts each batch of result rows and passes the rows on unchanged."""
+
+    name = "write_warehouse"
+
+    def __init__(self, url: str) -> None:
+        build_warehouse(url)  # a bad URL fails here, on the driver, not on a worker
+        self.url = url
+        self._warehouse: Warehouse | None = None
+
+    @property
+    def resources(self) -> Resources:
+        return Resources(
+            cpus=0.25,  # waits on the database; leaves the cores to decode and inference
+            batch_size=256,  # rows per transaction: amortises the commit, small replay
+            concurrency=warehouse_class(self.url).max_writers,
+        )
+
+    def setup(self) -> None:
+        self._warehouse = build_warehouse(self.url)
+        self._warehouse.ensure_schema()
+
+    def process_batch(self, items: list[VideoScan]) -> list[VideoScan]:
+        if self._warehouse is None:
+            raise RuntimeError("WarehouseWriter.process_batch called before setup()")
+        self._warehouse.upsert_scans(items)
+        return list(items)
+
+    def teardown(self) -> None:
+        if self._warehouse is not None:
+            self._warehouse.close()
+            self._warehouse = None

@@ -1,0 +1,220 @@
+"""Warehouse DDL generated from the Arrow schemas, so no dialect can drift from them.
+
+The Arrow schemas are the single source: ``schemas/arrow.py`` holds the ``video_scans``
+row and this module adds ``scan_runs``. Each dialect is one entry in ``SQL_TYPES`` that
+maps an Arrow type to its SQL type; a column added to an Arrow schema reaches DuckDB,
+PostgreSQL and BigQuery at once, and a type no dialect knows fails at import time of the
+DDL, not half-way through a scan. Table names come from users (URLs, flags), so each one
+passes ``validate_identifier`` before it is put into SQL text.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from importlib import resources
+
+import pyarrow as pa
+
+from pipelines.config import ConfigError
+from schemas.arrow import VIDEO_SCANS_KEY, VIDEO_SCANS_SCHEMA
+
+SCAN_RUNS_SCHEMA_VERSION = 1
+
+RUN_STATUSES = ("running", "succeeded", "failed")
+
+# Field metadata that turns into a CHECK (col IN (...)) constraint, so the allowed
+# values of a text column are declared once, next to the column.
+ENUM_METADATA_KEY = b"dfscan.enum"
+
+SCAN_RUNS_SCHEMA: pa.Schema = pa.schema(
+    [
+        pa.field("run_id", pa.string(), nullable=False),
+        pa.field("command", pa.string(), nullable=False),
+        pa.field("config", pa.string(), nullable=False),  # JSON text of the typed config
+        pa.field("code_version", pa.string(), nullable=False),
+        pa.field("started_at", pa.timestamp("us", tz="UTC"), nullable=False),
+        pa.field("ended_at", pa.timestamp("us", tz="UTC")),  # null while running
+        pa.field(
+            "status",
+            pa.string(),
+            nullable=False,
+            metadata={ENUM_METADATA_KEY: ",".join(RUN_STATUSES).encode()},
+        ),
+        pa.field("videos_total", pa.int64()),  # null while running
+        pa.field("counts_by_status", pa.string()),  # JSON text {"scored": 12, ...}
+        pa.field("error", pa.string()),
+    ]
+).with_metadata(
+    {"dfscan.schema": "scan_runs", "dfscan.schema_version": str(SCAN_RUNS_SCHEMA_VERSION)}
+)
+
+SCAN_RUNS_KEY = ("run_id",)
+
+# Arrow type -> SQL type, per dialect. BigQuery's names are the ones its API returns for
+# a table's schema (INTEGER, FLOAT, BOOLEAN), so a stored schema compares equal to it.
+SQL_TYPES: dict[str, dict[pa.DataType, str]] = {
+    "duckdb": {
+        pa.string(): "VARCHAR",
+        pa.int16(): "SMALLINT",
+        pa.int32(): "INTEGER",
+        pa.int64(): "BIGINT",
+        pa.float32(): "REAL",
+        pa.float64(): "DOUBLE",
+        pa.bool_(): "BOOLEAN",
+        pa.binary(): "BLOB",
+        pa.timestamp("us", tz="UTC"): "TIMESTAMPTZ",
+    },
+    "postgres": {
+        pa.string(): "TEXT",
+        pa.int16(): "SMALLINT",
+        pa.int32(): "INTEGER",
+        pa.int64(): "BIGINT",
+        pa.float32(): "REAL",
+        pa.float64(): "DOUBLE PRECISION",
+        pa.bool_(): "BOOLEAN",
+        pa.binary(): "BYTEA",
+        pa.timestamp("us", tz="UTC"): "TIMESTAMPTZ",
+    },
+    "bigquery": {
+        pa.string(): "STRING",
+        pa.int16(): "INTEGER",
+        pa.int32(): "INTEGER",
+        pa.int64(): "INTEGER",
+        pa.float32(): "FLOAT",
+        pa.float64(): "FLOAT",
+        pa.bool_(): "BOOLEAN",
+        pa.binary(): "BYTES",
+        pa.timestamp("us", tz="UTC"): "TIMESTAMP",
+    },
+}
+
+# Dialects that take CREATE TABLE text from here; BigQuery takes a JSON schema instead.
+DDL_DIALECTS = ("duckdb", "postgres")
+
+_IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
+
+
+def validate_identifier(name: str) -> str:
+    """Return ``name`` if it is a plain SQL identifier; else ConfigError.
+
+    63 characters is PostgreSQL's limit; one rule for every dialect keeps a name that
+    works on DuckDB from failing later on PostgreSQL.
+    """
+    if not isinstance(name, str) or not _IDENTIFIER.match(name):
+        raise ConfigError(
+            f"invalid table name {name!r}: use letters, digits and _ (max 63, not digit-first)"
+        )
+    return name
+
+
+def quote_identifier(name: str) -> str:
+    """Validate, then double-quote: quoting keeps a column named like a keyword legal."""
+    return f'"{validate_identifier(name)}"'
+
+
+def sql_type(dialect: str, arrow_type: pa.DataType) -> str:
+    """The SQL type for an Arrow type; an unmapped type is a bug in this module."""
+    try:
+        types = SQL_TYPES[dialect]
+    except KeyError:
+        raise ConfigError(
+            f"unknown SQL dialect {dialect!r}: choose one of {', '.join(SQL_TYPES)}"
+        ) from None
+    try:
+        return types[arrow_type]
+    except KeyError:
+        raise TypeError(f"no {dialect} type for Arrow type {arrow_type}") from None
+
+
+def _enum_values(field: pa.Field) -> tuple[str, ...]:
+    raw = (field.metadata or {}).get(ENUM_METADATA_KEY)
+    return tuple(raw.decode().split(",")) if raw else ()
+
+
+def table_ddl(schema: pa.Schema, dialect: str, table: str, primary_key: Sequence[str]) -> str:
+    """``CREATE TABLE IF NOT EXISTS`` for any Arrow schema: the one generator every table uses."""
+    if dialect not in DDL_DIALECTS:
+        raise ConfigError(
+            f"no DDL for dialect {dialect!r}: choose one of {', '.join(DDL_DIALECTS)}"
+            " (BigQuery: use bigquery_schema())"
+        )
+    missing = [k for k in primary_key if k not in schema.names]
+    if missing:
+        raise ValueError(f"primary key columns {missing} are not in the schema")
+    lines = []
+    for field in schema:
+        line = f"    {quote_identifier(field.name)} {sql_type(dialect, field.type)}"
+        if not field.nullable:
+            line += " NOT NULL"
+        values = _enum_values(field)
+        if values:
+            allowed = ", ".join(f"'{v}'" for v in values)
+            line += f" CHECK ({quote_identifier(field.name)} IN ({allowed}))"
+        lines.append(line)
+    key = ", ".join(quote_identifier(k) for k in primary_key)
+    lines.append(f"    PRIMARY KEY ({key})")
+    body = ",\n".join(lines)
+    return f"CREATE TABLE IF NOT EXISTS {quote_identifier(table)} (\n{body}\n)"
+
+
+def video_scans_ddl(dialect: str, table: str = "video_scans") -> str:
+    """DDL of the one-row-per-(video, model version) results table."""
+    return table_ddl(VIDEO_SCANS_SCHEMA, dialect, table, VIDEO_SCANS_KEY)
+
+
+def scan_runs_ddl(dialect: str, table: str = "scan_runs") -> str:
+    """DDL of the one-row-per-run audit table."""
+    return table_ddl(SCAN_RUNS_SCHEMA, dialect, table, SCAN_RUNS_KEY)
+
+
+def bigquery_schema(schema: pa.Schema = VIDEO_SCANS_SCHEMA) -> list[dict[str, str]]:
+    """The schema as BigQuery's JSON takes it (``bq mk --schema file.json``)."""
+    return [
+        {
+            "name": field.name,
+            "type": sql_type("bigquery", field.type),
+            "mode": "NULLABLE" if field.nullable else "REQUIRED",
+        }
+        for field in schema
+    ]
+
+
+def upsert_sql(table: str, schema: pa.Schema, key: Sequence[str], source: str) -> str:
+    """``INSERT ... ON CONFLICT (key) DO UPDATE SET`` every non-key column from ``source``.
+
+    DuckDB and PostgreSQL share this syntax, so both warehouses replace a row the same
+    way. ``source`` is trusted SQL from the caller (``SELECT ... FROM staged`` or
+    ``VALUES (...)`` with placeholders), never user text.
+    """
+    cols = ", ".join(quote_identifier(n) for n in schema.names)
+    keys = ", ".join(quote_identifier(k) for k in key)
+    updates = ",\n    ".join(
+        f"{quote_identifier(n)} = EXCLUDED.{quote_identifier(n)}"
+        for n in schema.names
+        if n not in key
+    )
+    return (
+        f"INSERT INTO {quote_identifier(table)} ({cols})\n{source}\n"
+        f"ON CONFLICT ({keys}) DO UPDATE SET\n    {updates}"
+    )
+
+
+_VIEWS_SCANS_TABLE = "video_scans"
+
+
+def view_statements(scans_table: str = _VIEWS_SCANS_TABLE) -> list[str]:
+    """The dashboard views of ``schemas/sql/views.sql``, one statement per item.
+
+    The file names the default table ``video_scans`` so it runs as-is in psql or the
+    DuckDB CLI; a warehouse with another (validated) table name gets it substituted.
+    Statements are split on ``;`` at a line end, and ``--`` comment lines are dropped,
+    so the file must keep semicolons out of string literals.
+    """
+    text = resources.files("schemas").joinpath("sql/views.sql").read_text(encoding="utf-8")
+    name = validate_identifier(scans_table)
+    if name != _VIEWS_SCANS_TABLE:
+        text = re.sub(rf"\b{_VIEWS_SCANS_TABLE}\b", name, text)
+    lines = [ln for ln in text.splitlines() if not ln.lstrip().startswith("--")]
+    chunks = re.split(r";\s*$", "\n".join(lines), flags=re.MULTILINE)
+    return [c.strip() for c in chunks if c.strip()]
