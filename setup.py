@@ -9,6 +9,7 @@ import setuptools
 
 CORE = [
     "av>=14",
+    "puremagic>=1.20",
     "numpy>=1.26",
     "opencv-python-headless>=4.9",
     "onnxruntime>=1.17",

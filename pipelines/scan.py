@@ -12,11 +12,12 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol
 
 from operators.base import Operator
-from operators.list_videos import list_videos
+from operators.list_videos import VideoHasher, list_videos
 from operators.metrics import ScanMetrics
 from pipelines import code_version
 from pipelines.config import EngineConfig, ScanConfig
 from pipelines.graph import ModelInfo, build_operators, configure_for_model, resolve_model
+from pipelines.incremental import plan_scan
 from schemas.records import VideoFile, VideoScan
 
 
@@ -34,9 +35,25 @@ def _local_runner(engine: EngineConfig) -> Runner:
     return LocalRunner()
 
 
+def _beam_runner(engine: EngineConfig) -> Runner:
+    from pipelines.beam_runner import BeamRunner
+
+    return BeamRunner(engine)
+
+
+def _ray_runner(engine: EngineConfig) -> Runner:
+    from pipelines.ray_runner import RayRunner
+
+    return RayRunner(engine)
+
+
 # Engines by name; each module is imported only when chosen (Ray and Beam are heavy).
 # A runner's run(files, operators, metrics) yields one VideoScan per listed file.
-RUNNERS: dict[str, Callable[[EngineConfig], Runner]] = {"local": _local_runner}
+RUNNERS: dict[str, Callable[[EngineConfig], Runner]] = {
+    "local": _local_runner,
+    "beam": _beam_runner,
+    "ray": _ray_runner,
+}
 
 
 @dataclass
@@ -50,6 +67,11 @@ class ScanSummary:
     counts: Counter[str] = field(default_factory=Counter)
     labels: Counter[str] = field(default_factory=Counter)
     seconds: float = 0.0
+    metrics: ScanMetrics | None = None  # the run's registry, for summaries and benchmarks
+    skipped: int = 0  # already in the warehouse under this model version (no --rescan)
+    duplicates: int = 0  # same bytes as another listed URI: decoded once, URI recorded
+    hashed: int = 0  # files read to learn their content id
+    cached: int = 0  # files whose id came from the warehouse's video_uris
 
     def add(self, row: VideoScan) -> None:
         self.videos += 1
@@ -87,8 +109,6 @@ def run_scan(
     model: ModelInfo = resolve_model(cfg)
     cfg = configure_for_model(cfg, model)
     files = list(list_videos(cfg.input_uri, cfg.storage_options))
-    if on_listed:
-        on_listed(len(files))
     runner = RUNNERS[cfg.engine.name](cfg.engine)
     metrics = ScanMetrics()
     metrics.set_info(
@@ -100,15 +120,33 @@ def run_scan(
     warehouse = build_warehouse(cfg.warehouse_url)
     warehouse.ensure_schema()
     warehouse.start_run(cfg.run_id, "scan", config_json(cfg), code_version())
-    warehouse.close()
-    summary = ScanSummary(cfg.run_id, runner.name, model.version)
+    summary = ScanSummary(cfg.run_id, runner.name, model.version, metrics=metrics)
     status, error = "failed", None
     try:
-        for row in runner.run(files, build_operators(cfg, model), metrics):
+        hasher, *operators = build_operators(cfg, model)
+        if not isinstance(hasher, VideoHasher):
+            raise RuntimeError(f"the scan graph must start with the hasher, not {hasher.name}")
+        # Hash through the same runner (the bytes are read where the engine reads), then
+        # decide on the driver: dedupe and skip need every id at once.
+        plan = plan_scan(
+            files,
+            lambda todo: list(runner.run(todo, [hasher], metrics)),
+            warehouse,
+            model.version,
+            cfg.run_id,
+            rescan=cfg.rescan,
+        )
+        warehouse.close()  # DuckDB: the writer operator opens the file next
+        summary.skipped, summary.duplicates = len(plan.skipped), len(plan.duplicates)
+        summary.hashed, summary.cached = plan.hashed, plan.cached
+        if on_listed:
+            on_listed(len(plan.todo))
+        refs: list[Any] = list(plan.todo)  # the runner feeds what the first operator takes
+        for row in runner.run(refs, operators, metrics) if refs else ():
             summary.add(row)
             record_row_metrics(metrics, row)
             if on_row:
-                on_row(row, len(files))
+                on_row(row, len(refs))
         status = "succeeded"
         metrics.mark_success()
     except BaseException as exc:
@@ -116,6 +154,7 @@ def run_scan(
         raise
     finally:
         summary.seconds = time.time() - started
+        warehouse.close()
         warehouse = build_warehouse(cfg.warehouse_url)
         warehouse.finish_run(cfg.run_id, status, dict(summary.counts), error)
         warehouse.close()
