@@ -153,7 +153,7 @@ def print_table(r: dict[str, object]) -> None:
         "decode_detect": f"{frames / stage.get('decode_detect', 1e-9):.1f} frames/s, "
         f"{faces / stage.get('decode_detect', 1e-9):.1f} faces detected/s",
         "write_shards": f"{faces / stage.get('write_shards', 1e-9):.0f} faces/s",
-        "score": f"{faces / stage.get('score', 1e-9):.1f} faces scored/s",
+        "score_faces": f"{faces / stage.get('score_faces', 1e-9):.1f} faces scored/s",
     }
     for name, secs in stage.items():
         t.add_row(name, f"{secs:.2f}", rates.get(name, ""))

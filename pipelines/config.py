@@ -82,7 +82,7 @@ class DetectorConfig:
     score_threshold: float = 0.5
     nms_threshold: float = 0.4
     max_faces: int = 8  # per frame, largest first; crowds beyond this are not the use case
-    min_face_px: int = 24  # faces smaller than this are too small to classify
+    min_face_px: int = 20  # shorter box side in px; smaller faces carry too little to classify
     device: str = "auto"  # auto|cpu|cuda: ONNX Runtime provider choice
 
     @classmethod
@@ -154,6 +154,7 @@ class ScanConfig:
     pushgateway: str | None = None
     shard_max_videos: int = 64  # videos per face shard: ~2k faces, ~20 MB, one row group each
     progress: bool = True
+    rescan: bool = False  # decode again what the warehouse has under this model version
 
     @property
     def crop_scale(self) -> float:
@@ -162,3 +163,18 @@ class ScanConfig:
     @property
     def faces_uri(self) -> str:
         return self.out_uri.rstrip("/") + "/faces"
+
+
+@dataclass(frozen=True)
+class RescoreConfig:
+    """``dfscan rescore``: score committed face shards with another checkpoint."""
+
+    faces_uri: str
+    warehouse_url: str
+    run_id: str
+    scorer: ScorerConfig
+    aggregate: AggregateConfig = field(default_factory=AggregateConfig)
+    storage_options: dict[str, object] = field(default_factory=dict)
+    engine: EngineConfig = field(default_factory=EngineConfig)
+    rescan: bool = False  # score again videos that already have a row under this model
+    progress: bool = True

@@ -38,19 +38,133 @@ def obama_rgb() -> np.ndarray:
 
 @pytest.fixture(scope="session")
 def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A random-init MobileNetV2 checkpoint: real code path, no training time."""
+    """MobileNetV2 with ImageNet features and a random head: real code path, scores that
+    depend on the image, no training time. Not a detector of anything."""
+    import torch
+
     from operators.models.checkpoints import CheckpointMeta, save_checkpoint
     from operators.models.scorers import build_network
 
-    import torch
-
     torch.manual_seed(0)
-    net = build_network("mobilenet_v2")
+    imagenet = SHARED / "models" / "imagenet" / "mobilenet_v2-b0353104.pth"
+    net = build_network("mobilenet_v2", str(imagenet))
+    head = net.classifier[-1]
+    torch.nn.init.normal_(head.weight, std=0.05)  # large enough that scores spread out
     path = tmp_path_factory.mktemp("model") / "tiny.pt"
     meta = CheckpointMeta(
-        arch="mobilenet_v2", input_size=224, mean=(0.485, 0.456, 0.406),
-        std=(0.229, 0.224, 0.225), crop_scale=1.3, training_data="none (random init, tests)",
-        metrics={}, created_at=0.0, code_version="test",
+        arch="mobilenet_v2",
+        input_size=224,
+        mean=(0.485, 0.456, 0.406),
+        std=(0.229, 0.224, 0.225),
+        crop_scale=1.3,
+        training_data="none (ImageNet features, random head; tests)",
+        metrics={},
+        created_at=0.0,
+        code_version="test",
     )
     save_checkpoint(net.state_dict(), meta, str(path))
     return path
+
+
+# --- PostgreSQL server (used by tests/test_postgres_warehouse.py) ---------------------
+from collections.abc import Iterator  # noqa: E402  (kept with the fixture it serves)
+
+
+def _postgres_bindir() -> Path:
+    """Debian's server binaries (apt: postgresql), or DFSCAN_PG_BIN, newest version first."""
+    env = os.environ.get("DFSCAN_PG_BIN")
+    candidates = [Path(env)] if env else sorted(Path("/usr/lib/postgresql").glob("*/bin"))[::-1]
+    for bindir in candidates:
+        if (bindir / "postgres").exists() and (bindir / "initdb").exists():
+            return bindir
+    pytest.fail("PostgreSQL server binaries not found: apt-get install postgresql")
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture(scope="session")
+def postgres_url() -> Iterator[str]:
+    """A throwaway PostgreSQL server on a loopback port with password auth, per session.
+
+    Debian's postgres refuses to run as root, so as root the server runs as the
+    ``postgres`` user, in a directory under /tmp (pytest's tmp dirs are 0700 root).
+    Yields ``postgresql://dfscan:SECRET@127.0.0.1:PORT/dfscan``.
+    """
+    import shutil
+    import signal
+    import subprocess
+    import tempfile
+    import time
+
+    import psycopg
+
+    bindir = _postgres_bindir()
+    root = Path(tempfile.mkdtemp(prefix="dfscan-pg-"))
+    uid = gid = None
+    groups: list[int] | None = None
+    if os.geteuid() == 0:
+        import pwd
+
+        try:
+            pw = pwd.getpwnam("postgres")
+        except KeyError:
+            pytest.fail("as root, the server needs a 'postgres' user: apt-get install postgresql")
+        uid, gid, groups = pw.pw_uid, pw.pw_gid, []
+    password = "dfscan-test-secret"
+    (root / "pwfile").write_text(password + "\n")
+    (root / "sock").mkdir()
+    if uid is not None and gid is not None:
+        for path in (root, root / "pwfile", root / "sock"):
+            os.chown(path, uid, gid)
+    data, log = root / "data", root / "postgres.log"
+    initdb = [str(bindir / "initdb"), "-D", str(data), "-U", "dfscan", "-E", "UTF8"]
+    initdb += ["--pwfile", str(root / "pwfile"), "--auth", "scram-sha-256", "--no-sync"]
+    done = subprocess.run(
+        initdb, capture_output=True, text=True, cwd=root, user=uid, group=gid, extra_groups=groups
+    )
+    if done.returncode != 0:
+        pytest.fail(f"initdb failed: {done.stderr[-2000:]}")
+    port = _free_port()
+    server = [str(bindir / "postgres"), "-D", str(data), "-k", str(root / "sock")]
+    server += ["-p", str(port), "-c", "listen_addresses=127.0.0.1"]
+    # Throwaway data: durability costs time and buys nothing here.
+    server += ["-c", "fsync=off", "-c", "full_page_writes=off"]
+    with open(log, "wb") as log_fh:
+        proc = subprocess.Popen(
+            server,
+            stdout=log_fh,
+            stderr=subprocess.STDOUT,
+            cwd=root,
+            user=uid,
+            group=gid,
+            extra_groups=groups,
+        )
+    admin = f"postgresql://dfscan:{password}@127.0.0.1:{port}/postgres"
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            if proc.poll() is not None:
+                pytest.fail(f"postgres exited ({proc.returncode}): {log.read_text()[-2000:]}")
+            try:
+                with psycopg.connect(admin, autocommit=True, connect_timeout=2) as con:
+                    con.execute("CREATE DATABASE dfscan")
+                break
+            except psycopg.OperationalError:
+                if time.monotonic() > deadline:
+                    pytest.fail(f"postgres did not answer in 30 s: {log.read_text()[-2000:]}")
+                time.sleep(0.1)
+        yield f"postgresql://dfscan:{password}@127.0.0.1:{port}/dfscan"
+    finally:
+        proc.send_signal(signal.SIGINT)  # fast shutdown: open test connections are cut
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        shutil.rmtree(root, ignore_errors=True)

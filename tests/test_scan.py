@@ -73,13 +73,17 @@ def test_every_real_video_gets_one_scored_row(real_scan):
         assert r["decode_s"] > 0 and r["detect_s"] > 0 and r["score_s"] > 0
 
 
-def test_hamilton_clip_has_two_tracks(real_scan):
+def test_hamilton_opening_shot_has_two_tracks(real_scan):
+    """The clip opens on two people (singer and pianist) and then cuts between shots of
+    the stage and the audience: the two opening faces keep one track each over the
+    opening shot's samples, and every later shot starts new tracks."""
     out, _ = real_scan
     ham = next(r for r in rows(out) if r["uri"].endswith("hamilton_clip.mp4"))
-    assert ham["tracks"] == 2
     tracks = json.loads(ham["track_scores"])
-    assert [t["track_id"] for t in tracks] == [0, 1]
-    assert all(t["faces"] >= 12 for t in tracks)  # both people are seen in most frames
+    opening = {t["track_id"]: [f[0] for f in t["frames"]] for t in tracks if t["track_id"] < 2}
+    assert opening == {0: [0, 18], 1: [0, 18]}  # uniform:16 samples frames 0, 18, 37, ...
+    assert all(f[0] > 18 for t in tracks if t["track_id"] >= 2 for f in t["frames"])
+    assert ham["tracks"] == len(tracks) > 2
 
 
 def test_scores_differ_between_videos(real_scan):
@@ -113,12 +117,19 @@ def test_run_is_recorded_with_counts(real_scan):
     assert f'dfscan_videos_total{{status="scored"}} {float(summary.videos)}' in text
 
 
-def test_rerun_replaces_rows_with_the_same_values(real_scan, tiny_checkpoint: Path):
-    out, _ = real_scan
+def test_rerun_replaces_rows_with_the_same_values(tmp_path, tiny_checkpoint: Path):
+    videos = tmp_path / "videos"
+    videos.mkdir()
+    for name in ("talking_head_d0.mp4", "hamilton_clip.mp4"):
+        shutil.copy(REAL_VIDEOS / name, videos / name)
+    out = tmp_path / "out"
+    run_scan(scan_config(videos, out, tiny_checkpoint, frames="uniform:8"))
     before = {r["video_id"]: r for r in rows(out)}
-    run_scan(scan_config(REAL_VIDEOS, out, tiny_checkpoint, run_id="run-2"))
+    run_scan(
+        scan_config(videos, out, tiny_checkpoint, run_id="run-2", frames="uniform:8", rescan=True)
+    )
     after = {r["video_id"]: r for r in rows(out)}
-    assert after.keys() == before.keys()
+    assert len(after) == 2 and after.keys() == before.keys()
     for vid, r in after.items():
         assert r["run_id"] == "run-2"
         assert r["fake_probability"] == pytest.approx(before[vid]["fake_probability"], abs=1e-6)
@@ -190,12 +201,19 @@ def test_timeout_ends_a_slow_video_with_status_timeout(tmp_path, tiny_checkpoint
     assert rows(out)[0]["status"] == "timeout"
 
 
-def test_cli_bad_argument_is_one_line_and_exit_2(capsys, tmp_path, tiny_checkpoint):
+def test_cli_bad_argument_is_one_line_and_exit_2(capsys, tiny_checkpoint):
     with pytest.raises(SystemExit) as exc:
-        main(["scan", str(REAL_VIDEOS), "--frames", "uniform:0", "--model", str(tiny_checkpoint)])
+        main(["scan", str(REAL_VIDEOS), "--threshold", "2", "--model", str(tiny_checkpoint)])
     assert exc.value.code == 2
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and err.startswith("dfscan: error:")
+    assert "--threshold" in err
+
+
+def test_cli_bad_frames_policy_is_one_line_and_exit_2(capsys, tmp_path, tiny_checkpoint):
+    args = ["scan", str(REAL_VIDEOS), "--out", str(tmp_path), "--model", str(tiny_checkpoint)]
+    assert main([*args, "--frames", "uniform:0"]) == 2
+    assert capsys.readouterr().err == "dfscan: error: --frames uniform:N needs N >= 1, got 0\n"
 
 
 def test_cli_bad_setting_is_one_line_and_exit_2(capsys, tmp_path):
