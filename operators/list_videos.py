@@ -44,8 +44,10 @@ def _mtime(info: dict[str, Any]) -> float | None:
 
 
 def _hidden(path: str, root: str) -> bool:
+    """A dot- or ``_``-name below ``root``. Object keys may hold literal ``.``/``..``
+    segments (``a/../b.mp4`` is one S3 key, not a path): those are names, not hidden."""
     rel = path[len(root) :].lstrip("/") if path.startswith(root) else path
-    return any(part.startswith((".", "_")) for part in rel.split("/"))
+    return any(p.startswith((".", "_")) and p not in (".", "..") for p in rel.split("/"))
 
 
 def is_manifest(uri: str) -> bool:
@@ -94,10 +96,18 @@ def list_videos(uri: str, storage_options: dict[str, Any] | None = None) -> Iter
             yield VideoFile(fs.unstrip_protocol(path), int(info.get("size") or 0), _mtime(info))
         return
     fs, root = fsspec.core.url_to_fs(uri, **opts)
-    if not fs.exists(root):
-        raise ConfigError(f"input {uri} does not exist")
-    if fs.isfile(root):
+    # info(), not exists(): exists() answers False to a refused signature, and a wrong
+    # secret must not read as "no such input".
+    try:
         info = fs.info(root)
+    except FileNotFoundError:
+        raise ConfigError(f"input {uri} does not exist") from None
+    except PermissionError as err:
+        raise ConfigError(
+            f"input {uri} cannot be read with these credentials (--storage-options or the"
+            f" AWS_* variables): {err}"
+        ) from None
+    if info.get("type") != "directory":
         yield VideoFile(fs.unstrip_protocol(root), int(info.get("size") or 0), _mtime(info))
         return
     found = fs.find(root, detail=True)
@@ -108,9 +118,12 @@ def list_videos(uri: str, storage_options: dict[str, Any] | None = None) -> Iter
         yield VideoFile(fs.unstrip_protocol(path), int(info.get("size") or 0), _mtime(info))
 
 
+URI_ID_PREFIX = "u5-"  # marks an id made from the URI, not from the content
+
+
 def uri_video_id(uri: str) -> str:
     """Id for a file whose bytes were not read (too large, unreadable): uuid5 of the URI."""
-    return "u5-" + uuid.uuid5(uuid.NAMESPACE_URL, uri).hex
+    return URI_ID_PREFIX + uuid.uuid5(uuid.NAMESPACE_URL, uri).hex
 
 
 class VideoHasher(Operator[VideoFile, VideoRef]):

@@ -28,23 +28,29 @@ from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 import pyarrow as pa
 
 from operators.base import Operator, Resources
+from operators.list_videos import URI_ID_PREFIX
 from pipelines.config import ConfigError
 from schemas.arrow import VIDEO_SCANS_KEY, VIDEO_SCANS_SCHEMA
-from schemas.records import VideoScan, VideoStatus
+from schemas.records import VideoFile, VideoRef, VideoScan, VideoStatus
 from schemas.warehouse import (
     RUN_STATUSES,
     SCAN_RUNS_KEY,
     SCAN_RUNS_SCHEMA,
+    VIDEO_URIS_KEY,
+    VIDEO_URIS_REFRESHED,
+    VIDEO_URIS_SCHEMA,
     quote_identifier,
     scan_runs_ddl,
     upsert_sql,
     validate_identifier,
     video_scans_ddl,
+    video_uris_ddl,
     view_statements,
 )
 
 if TYPE_CHECKING:
     import duckdb
+    import psycopg
 
 Row = dict[str, Any]
 _W = TypeVar("_W", bound="Warehouse")
@@ -52,6 +58,8 @@ _W = TypeVar("_W", bound="Warehouse")
 # Ids per IN (...) list: well under every driver's parameter limit (PostgreSQL: 65535)
 # while a 100k-video listing still takes only 100 round trips.
 _KEYS_PER_QUERY = 1000
+# Rows per multi-row VALUES insert: 250 x 8 columns = 2000 parameters per statement.
+_ROWS_PER_INSERT = 250
 
 
 def video_scans_table(rows: Sequence[VideoScan]) -> pa.Table:
@@ -111,11 +119,17 @@ class Warehouse(abc.ABC):
     max_writers: ClassVar[int | None] = None
 
     def __init__(
-        self, url: str, *, scans_table: str = "video_scans", runs_table: str = "scan_runs"
+        self,
+        url: str,
+        *,
+        scans_table: str = "video_scans",
+        runs_table: str = "scan_runs",
+        uris_table: str = "video_uris",
     ) -> None:
         self.url = url
         self.scans_table = validate_identifier(scans_table)
         self.runs_table = validate_identifier(runs_table)
+        self.uris_table = validate_identifier(uris_table)
 
     # --- backend primitives -----------------------------------------------------------
 
@@ -153,9 +167,11 @@ class Warehouse(abc.ABC):
         """
         self._execute(video_scans_ddl(self.dialect, self.scans_table))
         self._execute(scan_runs_ddl(self.dialect, self.runs_table))
+        self._execute(video_uris_ddl(self.dialect, self.uris_table))
         for table, schema in (
             (self.scans_table, VIDEO_SCANS_SCHEMA),
             (self.runs_table, SCAN_RUNS_SCHEMA),
+            (self.uris_table, VIDEO_URIS_SCHEMA),
         ):
             found = {
                 r["column_name"]
@@ -275,6 +291,92 @@ class Warehouse(abc.ABC):
             found.update(r["video_id"] for r in rows)
         return found
 
+    def latest_scans(self, video_ids: Sequence[str]) -> dict[str, Row]:
+        """The newest row of each video under any model version (what a rescore carries
+        over: size, header facts, frames sampled, the shard its faces are in)."""
+        unique = list(dict.fromkeys(video_ids))
+        cols = ", ".join(quote_identifier(n) for n in VIDEO_SCANS_SCHEMA.names)
+        table = quote_identifier(self.scans_table)
+        latest: dict[str, Row] = {}
+        for start in range(0, len(unique), _KEYS_PER_QUERY):
+            chunk = unique[start : start + _KEYS_PER_QUERY]
+            rows = self._fetch(
+                f"SELECT {cols} FROM {table} WHERE video_id IN ({self._params(len(chunk))})"
+                " ORDER BY scanned_at, model_version",
+                chunk,
+            )
+            for row in rows:
+                latest[row["video_id"]] = row  # ascending order: the newest wins
+        return latest
+
+    def known_video_ids(self, files: Sequence[VideoFile]) -> dict[str, str]:
+        """uri -> content id for listed files seen before with the same size and mtime.
+
+        The hash cache of incremental scans: such a file is not read again. Only content
+        hashes are reused; an id made from the URI (a file too large or unreadable last
+        time) is worked out afresh. Files without an mtime are never cached: size alone
+        cannot tell a replaced upload from the old one.
+        """
+        stamp = {f.uri: (f.size_bytes, f.mtime) for f in files if f.mtime is not None}
+        uris = list(stamp)
+        table = quote_identifier(self.uris_table)
+        found: dict[str, tuple[Any, str]] = {}
+        for start in range(0, len(uris), _KEYS_PER_QUERY):
+            chunk = uris[start : start + _KEYS_PER_QUERY]
+            rows = self._fetch(
+                f"SELECT uri, video_id, size_bytes, mtime, last_seen_at FROM {table}"
+                f" WHERE uri IN ({self._params(len(chunk))})",
+                chunk,
+            )
+            for r in rows:
+                if (r["size_bytes"], r["mtime"]) != stamp[r["uri"]]:
+                    continue
+                if r["video_id"].startswith(URI_ID_PREFIX):
+                    continue
+                best = found.get(r["uri"])
+                if best is None or r["last_seen_at"] > best[0]:
+                    found[r["uri"]] = (r["last_seen_at"], r["video_id"])
+        return {uri: vid for uri, (_, vid) in found.items()}
+
+    def record_uris(self, refs: Sequence[VideoRef], run_id: str) -> int:
+        """Record that each ref's bytes were seen under its URI in this run.
+
+        A first sighting keeps its run and time; later ones refresh size, mtime and the
+        last run. Returns the number of distinct (uri, video_id) pairs written.
+        """
+        now = datetime.now(timezone.utc)
+        latest: dict[tuple[str, str], VideoRef] = {}
+        for ref in refs:
+            latest[(ref.uri, ref.video_id)] = ref
+        rows = [latest[k] for k in sorted(latest)]
+        width = len(VIDEO_URIS_SCHEMA.names)
+        for start in range(0, len(rows), _ROWS_PER_INSERT):
+            chunk = rows[start : start + _ROWS_PER_INSERT]
+            values = ", ".join(f"({self._params(width)})" for _ in chunk)
+            params: list[Any] = []
+            for ref in chunk:
+                params += [ref.video_id, ref.uri, ref.size_bytes, ref.mtime]
+                params += [run_id, now, run_id, now]
+            sql = upsert_sql(
+                self.uris_table,
+                VIDEO_URIS_SCHEMA,
+                VIDEO_URIS_KEY,
+                f"VALUES {values}",
+                update=VIDEO_URIS_REFRESHED,
+            )
+            self._execute(sql, params)
+        return len(rows)
+
+    def query_uris(self, video_id: str | None = None) -> list[Row]:
+        """Every recorded (uri, video) sighting, by video then URI."""
+        cols = ", ".join(quote_identifier(n) for n in VIDEO_URIS_SCHEMA.names)
+        sql = f"SELECT {cols} FROM {quote_identifier(self.uris_table)}"
+        params: list[Any] = []
+        if video_id is not None:
+            sql += f" WHERE video_id = {self.placeholder}"
+            params.append(video_id)
+        return self._fetch(sql + " ORDER BY video_id, uri", params)
+
     def __enter__(self: _W) -> _W:
         return self
 
@@ -312,9 +414,14 @@ class DuckDBWarehouse(Warehouse):
     max_writers = 1  # DuckDB locks the file for one writing process
 
     def __init__(
-        self, url: str, *, scans_table: str = "video_scans", runs_table: str = "scan_runs"
+        self,
+        url: str,
+        *,
+        scans_table: str = "video_scans",
+        runs_table: str = "scan_runs",
+        uris_table: str = "video_uris",
     ) -> None:
-        super().__init__(url, scans_table=scans_table, runs_table=runs_table)
+        super().__init__(url, scans_table=scans_table, runs_table=runs_table, uris_table=uris_table)
         self.path = duckdb_path(url)
         self._con: duckdb.DuckDBPyConnection | None = None
 
@@ -374,9 +481,119 @@ class DuckDBWarehouse(Warehouse):
             self._con = None
 
 
-# URL scheme -> backend. Open: a PostgreSQL backend adds "postgresql" (and "postgres").
+_PG_STAGED = "_dfscan_staged_scans"  # per-transaction temp table the batch is COPYed into
+# Key of the advisory lock that serialises ensure_schema across processes: concurrent
+# CREATE TABLE IF NOT EXISTS in PostgreSQL can still fail on the catalog's unique index.
+_PG_SCHEMA_LOCK = 0x64667363616E  # "dfscan"
+
+
+def _redacted(url: str) -> str:
+    """The URL without its password, for error messages."""
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    port = f":{parts.port}" if parts.port else ""
+    user = f"{parts.username}@" if parts.username else ""
+    return f"{parts.scheme}://{user}{host}{port}{parts.path}"
+
+
+class PostgresWarehouse(Warehouse):
+    """A PostgreSQL database, ``postgresql://user:pass@host:port/db`` (libpq URL syntax).
+
+    Many processes may write at once: rows are upserted in key order inside one
+    transaction, so two writers never deadlock on each other's rows, and the last
+    commit wins per key. A batch is COPYed into a temporary table and merged with one
+    ``INSERT ... SELECT ... ON CONFLICT``: one round trip for the rows, not one per row.
+    """
+
+    scheme = "postgresql"
+    dialect = "postgres"
+    placeholder = "%s"
+    max_writers = None
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        scans_table: str = "video_scans",
+        runs_table: str = "scan_runs",
+        uris_table: str = "video_uris",
+    ) -> None:
+        super().__init__(url, scans_table=scans_table, runs_table=runs_table, uris_table=uris_table)
+        self._con: psycopg.Connection[Row] | None = None
+
+    @property
+    def con(self) -> psycopg.Connection[Row]:
+        """The connection, opened on first use in the process that uses it."""
+        if self._con is None:
+            import psycopg
+            from psycopg.rows import dict_row
+
+            try:
+                con = psycopg.connect(self.url, autocommit=True, row_factory=dict_row)
+            except psycopg.OperationalError as err:
+                reason = str(err).strip().splitlines()[-1] if str(err).strip() else "no reason"
+                raise ConfigError(
+                    f"cannot connect to warehouse {_redacted(self.url)}: {reason}"
+                ) from None
+            # Timestamps come back as UTC, whatever the server's or host's zone.
+            con.execute("SET TimeZone = 'UTC'")
+            self._con = con
+        return self._con
+
+    def _fetch(self, sql: str, params: Sequence[Any] = ()) -> list[Row]:
+        cur = self.con.execute(sql, list(params))
+        return list(cur.fetchall()) if cur.description else []
+
+    def _execute(self, sql: str, params: Sequence[Any] = ()) -> None:
+        self.con.execute(sql, list(params))
+
+    def ensure_schema(self) -> None:
+        """The shared schema setup, serialised across processes by an advisory lock."""
+        self._execute("SELECT pg_advisory_lock(%s)", [_PG_SCHEMA_LOCK])
+        try:
+            super().ensure_schema()
+        finally:
+            self._execute("SELECT pg_advisory_unlock(%s)", [_PG_SCHEMA_LOCK])
+
+    def upsert_scans(self, rows: list[VideoScan]) -> int:
+        unique = sorted(_last_per_key(rows), key=lambda r: (r.video_id, r.model_version))
+        if not unique:
+            return 0
+        names = VIDEO_SCANS_SCHEMA.names
+        cols = ", ".join(quote_identifier(n) for n in names)
+        staged = quote_identifier(_PG_STAGED)
+        order = ", ".join(quote_identifier(k) for k in VIDEO_SCANS_KEY)
+        merge = upsert_sql(
+            self.scans_table,
+            VIDEO_SCANS_SCHEMA,
+            VIDEO_SCANS_KEY,
+            f"SELECT {cols} FROM {staged} ORDER BY {order}",
+        )
+        con = self.con
+        with con.transaction(), con.cursor() as cur:
+            cur.execute(
+                f"CREATE TEMPORARY TABLE {staged}"
+                f" (LIKE {quote_identifier(self.scans_table)}) ON COMMIT DROP"
+            )
+            with cur.copy(f"COPY {staged} ({cols}) FROM STDIN") as copy:
+                for record in video_scans_table(unique).to_pylist():
+                    copy.write_row([record[n] for n in names])
+            cur.execute(merge)
+        return len(unique)
+
+    def close(self) -> None:
+        if self._con is not None:
+            self._con.close()
+            self._con = None
+
+
+# URL scheme -> backend; a new database adds its class here.
 WAREHOUSES: dict[str, type[Warehouse]] = {
     DuckDBWarehouse.scheme: DuckDBWarehouse,
+    PostgresWarehouse.scheme: PostgresWarehouse,
+    "postgres": PostgresWarehouse,  # libpq accepts both spellings
 }
 
 

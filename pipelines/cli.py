@@ -135,6 +135,11 @@ def register_scan(sub: Any) -> None:
     p.add_argument("--storage-options", help="JSON object passed to fsspec (e.g. endpoint)")
     p.add_argument("--pushgateway", help="Prometheus Pushgateway URL to push metrics to")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument(
+        "--rescan",
+        action="store_true",
+        help="decode and score again videos the warehouse already has under this model",
+    )
     p.set_defaults(func=run_scan_command)
 
 
@@ -172,6 +177,7 @@ def build_scan_config(args: argparse.Namespace) -> ScanConfig:
         engine=EngineConfig(args.runner, args.ray_address, tuple(args.beam_args)),
         pushgateway=args.pushgateway,
         progress=not args.no_progress,
+        rescan=args.rescan,
     )
 
 
@@ -232,12 +238,18 @@ def run_results_command(args: argparse.Namespace) -> int:
 
 # ---------------------------------------------------------------- wiring
 def build_parser() -> OneLineParser:
-    from pipelines import train
+    from pipelines import rescore, shards, train
 
     parser = OneLineParser(prog="dfscan", description="Scan videos for deepfaked faces.")
     parser.add_argument("--version", action="version", version=f"dfscan {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=OneLineParser)
-    for register in (register_scan, register_results, train.register):
+    for register in (
+        register_scan,
+        register_results,
+        train.register,
+        rescore.register,
+        shards.register,
+    ):
         register(sub)
     return parser
 

@@ -16,7 +16,7 @@ from rich.progress import (
 )
 from rich.table import Table
 
-from pipelines.config import ScanConfig
+from pipelines.config import RescoreConfig, ScanConfig
 from schemas.records import VideoScan
 
 
@@ -58,7 +58,7 @@ class ScanConsole:
         rate = f"{(task.completed + 1) / elapsed:.2f} videos/s" if elapsed > 0 else ""
         self.progress.update(self.task, advance=1, faces=self.faces, rate=rate)
 
-    def print_summary(self, summary: Any, cfg: ScanConfig) -> None:
+    def print_summary(self, summary: Any, cfg: ScanConfig | RescoreConfig) -> None:
         table = Table(title=f"dfscan run {summary.run_id}", show_header=True)
         table.add_column("status")
         table.add_column("videos", justify="right")
@@ -73,6 +73,12 @@ class ScanConsole:
             f"{summary.frames} frames · {summary.faces} faces · labels: {labels} · "
             f"{summary.seconds:.1f} s ({rate:.2f} videos/s)"
         )
+        skipped, duplicates = getattr(summary, "skipped", 0), getattr(summary, "duplicates", 0)
+        if skipped or duplicates:
+            self.console.print(
+                f"skipped {skipped} already in the warehouse (--rescan to redo) · "
+                f"{duplicates} duplicate URIs of videos decoded once"
+            )
         self.console.print(f"warehouse {cfg.warehouse_url} · faces {cfg.faces_uri}")
 
 

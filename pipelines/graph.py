@@ -52,7 +52,7 @@ def build_operators(cfg: ScanConfig, model: ModelInfo) -> list[Operator]:
         VideoHasher(cfg.limits.max_bytes, opts),
         FaceExtractor(cfg.sampling, cfg.detector, cfg.crop, cfg.limits, opts),
         FaceShardWriter(cfg.faces_uri, cfg.run_id, cfg.crop_scale, opts, cfg.shard_max_videos),
-        FaceScorer(cfg.scorer),
+        FaceScorer(cfg.scorer, opts),
         VideoAggregator(cfg.aggregate, model.version, model.arch, cfg.run_id),
         WarehouseWriter(cfg.warehouse_url),
     ]

@@ -12,9 +12,8 @@ import time
 from collections.abc import Iterable, Iterator
 from typing import Any
 
-from operators.metrics import ScanMetrics
-
 from operators.base import Operator
+from operators.metrics import ScanMetrics
 from schemas.records import VideoFile, VideoScan
 
 

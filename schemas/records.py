@@ -170,3 +170,17 @@ class VideoScan:
     shard_uri: str | None
     run_id: str
     scanned_at: float  # seconds since the epoch (UTC)
+
+
+@dataclass(frozen=True)
+class ShardVideo:
+    """A video whose faces are committed in a face shard: what a rescore reads instead
+    of decoding the video again. ``frames_sampled`` and ``meta`` come from the video's
+    earlier warehouse row (the shard holds only frames with a face)."""
+
+    ref: VideoRef
+    shard_uri: str
+    detector: DetectorInfo
+    sampling: str
+    frames_sampled: int = 0
+    meta: VideoMeta | None = None

@@ -51,6 +51,32 @@ SCAN_RUNS_SCHEMA: pa.Schema = pa.schema(
 
 SCAN_RUNS_KEY = ("run_id",)
 
+VIDEO_URIS_SCHEMA_VERSION = 1
+
+# Every URI a video's bytes were seen under: the same content under two keys is decoded
+# once (one video_scans row, under the first URI in sorted order) and both keys are
+# kept here. It doubles as the hash cache of incremental scans: a listed file whose
+# (uri, size_bytes, mtime) matches a row is not read again to learn its id.
+VIDEO_URIS_SCHEMA: pa.Schema = pa.schema(
+    [
+        pa.field("video_id", pa.string(), nullable=False),
+        pa.field("uri", pa.string(), nullable=False),
+        pa.field("size_bytes", pa.int64(), nullable=False),
+        pa.field("mtime", pa.float64()),  # as listed; null when the store reports none
+        pa.field("first_run_id", pa.string(), nullable=False),
+        pa.field("first_seen_at", pa.timestamp("us", tz="UTC"), nullable=False),
+        pa.field("last_run_id", pa.string(), nullable=False),
+        pa.field("last_seen_at", pa.timestamp("us", tz="UTC"), nullable=False),
+    ]
+).with_metadata(
+    {"dfscan.schema": "video_uris", "dfscan.schema_version": str(VIDEO_URIS_SCHEMA_VERSION)}
+)
+
+# A URI whose content was replaced gets a second row: (uri, old id) stays as history.
+VIDEO_URIS_KEY = ("uri", "video_id")
+# Columns a re-sighting refreshes; the first sighting is kept.
+VIDEO_URIS_REFRESHED = ("size_bytes", "mtime", "last_run_id", "last_seen_at")
+
 # Arrow type -> SQL type, per dialect. BigQuery's names are the ones its API returns for
 # a table's schema (INTEGER, FLOAT, BOOLEAN), so a stored schema compares equal to it.
 SQL_TYPES: dict[str, dict[pa.DataType, str]] = {
@@ -163,6 +189,11 @@ def video_scans_ddl(dialect: str, table: str = "video_scans") -> str:
     return table_ddl(VIDEO_SCANS_SCHEMA, dialect, table, VIDEO_SCANS_KEY)
 
 
+def video_uris_ddl(dialect: str, table: str = "video_uris") -> str:
+    """DDL of the one-row-per-(uri, video) table of every URI a video was seen under."""
+    return table_ddl(VIDEO_URIS_SCHEMA, dialect, table, VIDEO_URIS_KEY)
+
+
 def scan_runs_ddl(dialect: str, table: str = "scan_runs") -> str:
     """DDL of the one-row-per-run audit table."""
     return table_ddl(SCAN_RUNS_SCHEMA, dialect, table, SCAN_RUNS_KEY)
@@ -180,8 +211,15 @@ def bigquery_schema(schema: pa.Schema = VIDEO_SCANS_SCHEMA) -> list[dict[str, st
     ]
 
 
-def upsert_sql(table: str, schema: pa.Schema, key: Sequence[str], source: str) -> str:
-    """``INSERT ... ON CONFLICT (key) DO UPDATE SET`` every non-key column from ``source``.
+def upsert_sql(
+    table: str,
+    schema: pa.Schema,
+    key: Sequence[str],
+    source: str,
+    update: Sequence[str] | None = None,
+) -> str:
+    """``INSERT ... ON CONFLICT (key) DO UPDATE SET`` every non-key column from ``source``
+    (or only the ``update`` columns, so a table can keep e.g. when a row was first seen).
 
     DuckDB and PostgreSQL share this syntax, so both warehouses replace a row the same
     way. ``source`` is trusted SQL from the caller (``SELECT ... FROM staged`` or
@@ -192,7 +230,7 @@ def upsert_sql(table: str, schema: pa.Schema, key: Sequence[str], source: str) -
     updates = ",\n    ".join(
         f"{quote_identifier(n)} = EXCLUDED.{quote_identifier(n)}"
         for n in schema.names
-        if n not in key
+        if n not in key and (update is None or n in update)
     )
     return (
         f"INSERT INTO {quote_identifier(table)} ({cols})\n{source}\n"

@@ -49,8 +49,9 @@ def write_video(
     return path
 
 
-def face_frames(face_rgb: np.ndarray, n: int = 20, size: tuple[int, int] = (640, 360),
-                drift: int = 2) -> list[np.ndarray]:
+def face_frames(
+    face_rgb: np.ndarray, n: int = 20, size: tuple[int, int] = (640, 360), drift: int = 2
+) -> list[np.ndarray]:
     """A face photo pasted on a grey background, drifting slowly to the right."""
     w, h = size
     fh, fw = face_rgb.shape[:2]
@@ -71,8 +72,9 @@ def write_audio_only(path: Path, seconds: float = 1.0) -> Path:
         samples = (np.sin(np.arange(int(rate * seconds)) / 20) * 8000).astype(np.int16)
         step = 1024
         for i in range(0, len(samples) - step, step):
-            frame = av.AudioFrame.from_ndarray(samples[None, i : i + step], format="s16",
-                                               layout="mono")
+            frame = av.AudioFrame.from_ndarray(
+                samples[None, i : i + step], format="s16", layout="mono"
+            )
             frame.sample_rate = rate
             frame.pts = i
             for packet in stream.encode(frame):

@@ -9,7 +9,12 @@ import pytest
 from operators.aggregate import DECISION_RULES, aggregate_video, confident_strategy
 from pipelines.config import AggregateConfig
 from schemas.records import (
-    DetectorInfo, FaceCrop, ScoredVideo, VideoFaces, VideoRef, VideoStatus,
+    DetectorInfo,
+    FaceCrop,
+    ScoredVideo,
+    VideoFaces,
+    VideoRef,
+    VideoStatus,
 )
 
 
@@ -18,14 +23,27 @@ def face(frame: int, track: int) -> FaceCrop:
 
 
 def video(faces: list[FaceCrop], status: VideoStatus = VideoStatus.SCORED, **kw) -> VideoFaces:
-    return VideoFaces(VideoRef("vid", "file:///v.mp4", 10, None), status,
-                      DetectorInfo("scrfd-500m", "abc"), "uniform:32", faces=tuple(faces), **kw)
+    return VideoFaces(
+        VideoRef("vid", "file:///v.mp4", 10, None),
+        status,
+        DetectorInfo("scrfd-500m", "abc"),
+        "uniform:32",
+        faces=tuple(faces),
+        **kw,
+    )
 
 
 def aggregate(v: VideoFaces, scores: list[float] | None, **cfg):
     scored = ScoredVideo(v, tuple(scores), "m-1") if scores is not None else None
-    return aggregate_video(v, scored, AggregateConfig(**cfg), model_version="m-1",
-                           model_arch="mobilenet_v2", run_id="r", scanned_at=0.0)
+    return aggregate_video(
+        v,
+        scored,
+        AggregateConfig(**cfg),
+        model_version="m-1",
+        model_arch="mobilenet_v2",
+        run_id="r",
+        scanned_at=0.0,
+    )
 
 
 def test_confident_strategy_averages_confident_fakes_when_many():
@@ -79,8 +97,10 @@ def test_threshold_sets_the_label():
     assert aggregate(video(faces), [0.4] * 3, threshold=0.5).label == "REAL"
 
 
-@pytest.mark.parametrize("status", [VideoStatus.DECODE_ERROR, VideoStatus.NO_FACE,
-                                    VideoStatus.UNSUPPORTED, VideoStatus.TIMEOUT])
+@pytest.mark.parametrize(
+    "status",
+    [VideoStatus.DECODE_ERROR, VideoStatus.NO_FACE, VideoStatus.UNSUPPORTED, VideoStatus.TIMEOUT],
+)
 def test_video_without_scores_keeps_its_status_and_no_probability(status: VideoStatus):
     row = aggregate(video([], status=status, error="why"), None)
     assert row.status == status

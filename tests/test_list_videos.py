@@ -69,8 +69,10 @@ def test_manifest_without_uri_column_is_a_config_error(tmp_path: Path):
 def test_video_id_is_sha256_of_content_and_equal_for_copies(tmp_path: Path):
     make_tree(tmp_path)
     (tmp_path / "copy.mp4").write_bytes(b"two")
-    refs = {Path(r.uri).name: r for r in VideoHasher(1 << 30).process_batch(
-        list(list_videos(str(tmp_path))))}
+    refs = {
+        Path(r.uri).name: r
+        for r in VideoHasher(1 << 30).process_batch(list(list_videos(str(tmp_path))))
+    }
     assert refs["b.mov"].video_id == hashlib.sha256(b"two").hexdigest()
     assert refs["copy.mp4"].video_id == refs["b.mov"].video_id
     assert refs["one.mp4"].video_id != refs["b.mov"].video_id

@@ -1,0 +1,1 @@
+"""Deepfake face classifiers: checkpoint files (``checkpoints``) and scorers (``scorers``)."""

@@ -1,0 +1,178 @@
+"""The dfscan checkpoint file: weights plus the metadata needed to use them correctly.
+
+A checkpoint carries its own preprocessing (input size, mean/std, crop scale) and its
+provenance (training data and terms, metrics, code version), so a scan never has to guess
+how a model expects its faces and every score row can name the exact bytes that made it
+(``model_version`` = arch + sha256 prefix). Files are read with ``weights_only=True``: a
+checkpoint from an object store is data, never code.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import io
+import pickle
+import struct
+import uuid
+import zipfile
+from dataclasses import dataclass, field
+from typing import Any
+
+import fsspec
+import torch
+
+from pipelines.config import ConfigError
+
+FORMAT = "dfscan-checkpoint"
+FORMAT_VERSION = 1
+
+
+@dataclass(frozen=True)
+class CheckpointMeta:
+    """What a scorer must know about a checkpoint besides its weights."""
+
+    arch: str
+    input_size: int
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    crop_scale: float = 1.3  # face box enlargement the model was trained with (FF++ convention)
+    training_data: str = ""  # what it was trained on, with that data's terms
+    metrics: dict[str, float] = field(default_factory=dict)
+    created_at: float = 0.0  # seconds since the epoch
+    code_version: str = ""
+    temperature: float = 1.0  # logit divisor, fitted by calibration later; 1.0 = raw
+    threshold: float | None = None  # decision threshold chosen on validation data, if any
+    extra: dict[str, str] = field(default_factory=dict)  # e.g. head options needed to rebuild
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain types only, so ``torch.load(weights_only=True)`` can read it back."""
+        d = dataclasses.asdict(self)
+        d["mean"] = [float(v) for v in self.mean]
+        d["std"] = [float(v) for v in self.std]
+        d["metrics"] = {str(k): float(v) for k, v in self.metrics.items()}
+        d["extra"] = {str(k): str(v) for k, v in self.extra.items()}
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> CheckpointMeta:
+        """Rebuild from a stored dict; unknown keys from newer writers are ignored."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        kw = {k: v for k, v in d.items() if k in names}
+        missing = {"arch", "input_size", "mean", "std"} - kw.keys()
+        if missing:
+            raise ConfigError(f"checkpoint meta lacks {', '.join(sorted(missing))}")
+        kw["mean"] = tuple(float(v) for v in kw["mean"])
+        kw["std"] = tuple(float(v) for v in kw["std"])
+        kw["input_size"] = int(kw["input_size"])
+        kw["metrics"] = {str(k): float(v) for k, v in dict(kw.get("metrics") or {}).items()}
+        kw["extra"] = {str(k): str(v) for k, v in dict(kw.get("extra") or {}).items()}
+        return cls(**kw)
+
+
+@dataclass(frozen=True)
+class LoadedCheckpoint:
+    state_dict: dict[str, torch.Tensor]
+    meta: CheckpointMeta
+    sha256: str
+
+
+def model_version(meta: CheckpointMeta, sha256: str) -> str:
+    """The id stored on every score row: readable arch, exact bytes."""
+    return f"{meta.arch}-{sha256[:12]}"
+
+
+def save_checkpoint(
+    state_dict: dict[str, torch.Tensor],
+    meta: CheckpointMeta,
+    uri: str,
+    storage_options: dict[str, Any] | None = None,
+) -> str:
+    """Write the checkpoint to ``uri`` (local path or fsspec URI); return sha256 of its bytes.
+
+    The bytes go to a temporary name in the same folder and are moved into place, so a
+    crash mid-write never leaves a truncated file under the real name.
+    """
+    payload = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "meta": meta.to_dict(),
+        "state_dict": {k: v.detach().cpu().contiguous() for k, v in state_dict.items()},
+    }
+    buf = io.BytesIO()
+    torch.save(payload, buf)
+    data = buf.getvalue()
+    digest = hashlib.sha256(data).hexdigest()
+
+    fs, path = fsspec.core.url_to_fs(uri, **(storage_options or {}))
+    parent = path.rsplit("/", 1)[0] if "/" in path else ""
+    if parent:
+        fs.makedirs(parent, exist_ok=True)
+    tmp = f"{path}.tmp-{uuid.uuid4().hex}"
+    with fs.open(tmp, "wb") as f:
+        f.write(data)
+    try:
+        fs.mv(tmp, path)
+    except OSError:
+        fs.rm(tmp)
+        raise
+    return digest
+
+
+def _read_bytes(uri: str, storage_options: dict[str, Any] | None) -> bytes:
+    fs, path = fsspec.core.url_to_fs(uri, **(storage_options or {}))
+    try:
+        with fs.open(path, "rb") as f:
+            return f.read()
+    except FileNotFoundError:
+        raise ConfigError(f"checkpoint not found: {uri}") from None
+    except IsADirectoryError:
+        raise ConfigError(f"checkpoint is a directory, not a file: {uri}") from None
+
+
+# What torch.load raises on bytes that are not a torch file, or hold objects outside the
+# weights_only allow-list: the unpickler surfaces malformed input as any of these.
+UNREADABLE = (
+    pickle.UnpicklingError,
+    RuntimeError,
+    EOFError,
+    zipfile.BadZipFile,
+    ValueError,
+    KeyError,
+    IndexError,
+    struct.error,
+)
+ZIP_MAGIC = b"PK\x03\x04"  # torch.save has written zip archives since torch 1.6
+
+
+def load_weights_only(data: bytes, what: str) -> object:
+    """``torch.load(weights_only=True)`` on CPU; unreadable input is a one-line ConfigError."""
+    try:
+        return torch.load(io.BytesIO(data), weights_only=True, map_location="cpu")
+    except UNREADABLE as e:
+        text = str(e).strip()
+        first = text.splitlines()[0][:200] if text else type(e).__name__
+        raise ConfigError(f"{what} ({first})") from None
+
+
+def load_checkpoint(uri: str, storage_options: dict[str, Any] | None = None) -> LoadedCheckpoint:
+    """Read a checkpoint on CPU with ``weights_only=True``; fail with one line if it is not ours."""
+    data = _read_bytes(uri, storage_options)
+    digest = hashlib.sha256(data).hexdigest()
+    if not data.startswith(ZIP_MAGIC):
+        raise ConfigError(f"not a dfscan checkpoint (not a torch zip archive): {uri}")
+    obj = load_weights_only(data, f"not a dfscan checkpoint: {uri}")
+    if not isinstance(obj, dict) or obj.get("format") != FORMAT:
+        raise ConfigError(f"not a dfscan checkpoint (no format={FORMAT!r} marker): {uri}")
+    version = obj.get("format_version")
+    if version != FORMAT_VERSION:
+        raise ConfigError(
+            f"checkpoint {uri} has format_version {version!r}; this dfscan reads {FORMAT_VERSION}"
+        )
+    state_dict = obj.get("state_dict")
+    meta = obj.get("meta")
+    if not isinstance(state_dict, dict) or not isinstance(meta, dict):
+        raise ConfigError(f"checkpoint {uri} lacks its state_dict or meta")
+    return LoadedCheckpoint(
+        state_dict=state_dict, meta=CheckpointMeta.from_dict(meta), sha256=digest
+    )
