@@ -54,7 +54,9 @@ class FaceScorer(Operator[VideoFaces, ScoredVideo]):
     @property
     def resources(self) -> Resources:
         # 8 videos x ~32 sampled frames gives a few full forward passes of 64 faces per call.
-        return Resources(cpus=1.0, gpus=0.0, batch_size=8)
+        # A whole GPU when one is wanted and the engine has it; the adapter checks the cluster.
+        gpus = 0.0 if self.cfg.device == "cpu" else 1.0
+        return Resources(cpus=1.0, gpus=gpus, batch_size=8)
 
     def setup(self) -> None:
         if self._scorer is None:

@@ -13,12 +13,15 @@ from typing import Any, Protocol
 
 from operators.base import Operator
 from operators.list_videos import VideoHasher, list_videos
-from operators.metrics import ScanMetrics
+from operators.metrics import MetricsPusher, ScanMetrics
 from pipelines import code_version
 from pipelines.config import EngineConfig, ScanConfig
 from pipelines.graph import ModelInfo, build_operators, configure_for_model, resolve_model
 from pipelines.incremental import plan_scan
 from schemas.records import VideoFile, VideoScan
+
+# The Pushgateway job of scans; with the run id it is the grouping key of every push.
+SCAN_JOB = "dfscan_scan"
 
 
 class Runner(Protocol):
@@ -90,6 +93,11 @@ def record_row_metrics(metrics: ScanMetrics, row: VideoScan) -> None:
     if row.fake_probability is not None:
         metrics.add_faces_scored(row.faces)
     metrics.add_bytes(max(row.size_bytes, 0))
+    if row.fake_probability is not None and row.label:
+        metrics.observe_verdict(row.model_version, row.fake_probability, row.label)
+    if row.detector_sha256 and metrics.info.get("detector_sha256") != row.detector_sha256:
+        # The detector's weights are hashed on the worker; the first row brings it here.
+        metrics.set_info(detector_sha256=row.detector_sha256)
 
 
 def config_json(cfg: ScanConfig) -> str:
@@ -113,15 +121,30 @@ def run_scan(
     metrics = ScanMetrics()
     metrics.set_info(
         model_version=model.version,
+        model_arch=model.arch,
         detector=cfg.detector.name,
         code_version=code_version(),
         runner=runner.name,
+    )
+    # Pushed every cfg.push_interval_s while the scan runs and once more at the end.
+    pusher = (
+        MetricsPusher(
+            metrics,
+            cfg.pushgateway,
+            job=SCAN_JOB,
+            grouping_key={"run_id": cfg.run_id},
+            interval_s=cfg.push_interval_s,
+        )
+        if cfg.pushgateway
+        else None
     )
     warehouse = build_warehouse(cfg.warehouse_url)
     warehouse.ensure_schema()
     warehouse.start_run(cfg.run_id, "scan", config_json(cfg), code_version())
     summary = ScanSummary(cfg.run_id, runner.name, model.version, metrics=metrics)
     status, error = "failed", None
+    if pusher is not None:
+        pusher.start()
     try:
         hasher, *operators = build_operators(cfg, model)
         if not isinstance(hasher, VideoHasher):
@@ -142,23 +165,28 @@ def run_scan(
         if on_listed:
             on_listed(len(plan.todo))
         refs: list[Any] = list(plan.todo)  # the runner feeds what the first operator takes
+        metrics.set_backlog(len(refs))
         for row in runner.run(refs, operators, metrics) if refs else ():
             summary.add(row)
             record_row_metrics(metrics, row)
+            metrics.set_backlog(len(refs) - summary.videos)
             if on_row:
                 on_row(row, len(refs))
         status = "succeeded"
         metrics.mark_success()
     except BaseException as exc:
         error = f"{type(exc).__name__}: {exc}"
+        metrics.mark_failure()
         raise
     finally:
         summary.seconds = time.time() - started
-        warehouse.close()
-        warehouse = build_warehouse(cfg.warehouse_url)
-        warehouse.finish_run(cfg.run_id, status, dict(summary.counts), error)
-        warehouse.close()
-        metrics.write_textfile(cfg.out_uri.rstrip("/") + "/metrics.prom", cfg.storage_options)
-        if cfg.pushgateway:
-            metrics.push(cfg.pushgateway, job="dfscan_scan", grouping_key={"run_id": cfg.run_id})
+        try:
+            warehouse.close()
+            warehouse = build_warehouse(cfg.warehouse_url)
+            warehouse.finish_run(cfg.run_id, status, dict(summary.counts), error)
+            warehouse.close()
+            metrics.write_textfile(cfg.out_uri.rstrip("/") + "/metrics.prom", cfg.storage_options)
+        finally:
+            if pusher is not None:
+                pusher.stop()  # the final values; a failed push was logged, never raised
     return summary
