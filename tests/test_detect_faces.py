@@ -1,87 +1,290 @@
-"""Detection backends on real photos and a real video frame; crop geometry."""
+"""Detection backends on real photos and a real video frame; crop geometry.
+
+Face counts were checked by eye on each image: two_people.jpg (Obama and Biden, 2),
+obama.jpg (1), obama_small.jpg (1), obama-1080p.jpg (1), multiface.jpg (the six
+Friends cast members), the first frame of hamilton_clip.mp4 (pianist and singer, 2).
+"""
 
 from __future__ import annotations
 
+import hashlib
+import pickle
+from pathlib import Path
+
 import av
 import cv2
+import fsspec
 import numpy as np
 import pytest
 
-from operators.detect_faces import build_detector, crop_box, crop_face, file_sha256
-from pipelines.config import ConfigError, CropConfig, DetectorConfig
+from operators.detect_faces import (
+    DETECTOR_BACKENDS,
+    FaceDetectorBackend,
+    SCRFDDetector,
+    build_detector,
+    crop_box,
+    crop_face,
+    encode_jpeg,
+    file_sha256,
+)
+from pipelines.config import DETECTOR_FILES, ConfigError, CropConfig, DetectorConfig
 from schemas.records import Detection
 from tests.conftest import IMAGES, REAL_VIDEOS
 
 BACKENDS = ["scrfd-500m", "scrfd-2.5g", "yunet"]
+# First bytes of each file's sha256, as listed in ../shared/README.md.
+README_SHA256 = {"scrfd-500m": "5e4447f5", "scrfd-2.5g": "041f73f4", "yunet": "8f2383e4"}
+
+
+def _image(name: str) -> np.ndarray:
+    img = cv2.imread(str(IMAGES / name))
+    assert img is not None, name
+    return img
+
+
+@pytest.fixture(scope="module")
+def hamilton_frame() -> np.ndarray:
+    with av.open(str(REAL_VIDEOS / "hamilton_clip.mp4")) as container:
+        return next(container.decode(video=0)).to_ndarray(format="bgr24")
 
 
 @pytest.fixture(scope="module", params=BACKENDS)
-def detector(request: pytest.FixtureRequest):
+def detector(request: pytest.FixtureRequest) -> FaceDetectorBackend:
     det = build_detector(DetectorConfig.build(request.param))
     det.load()
     return det
 
 
+@pytest.fixture(scope="module")
+def scrfd_500m() -> FaceDetectorBackend:
+    det = build_detector(DetectorConfig.build("scrfd-500m"))
+    det.load()
+    return det
+
+
+def _centre(d: Detection) -> tuple[float, float]:
+    return (d.bbox[0] + d.bbox[2]) / 2, (d.bbox[1] + d.bbox[3]) / 2
+
+
+def test_registry_covers_every_detector_name():
+    assert set(DETECTOR_BACKENDS) == set(DETECTOR_FILES)
+
+
 @pytest.mark.parametrize(
-    "image,faces", [("two_people.jpg", 2), ("obama.jpg", 1), ("multiface.jpg", 6)]
+    "image,faces",
+    [
+        ("two_people.jpg", 2),
+        ("obama.jpg", 1),
+        ("obama_small.jpg", 1),
+        ("obama-1080p.jpg", 1),
+        ("multiface.jpg", 6),
+    ],
 )
-def test_finds_the_faces_in_real_photos(detector, image: str, faces: int):
-    img = cv2.imread(str(IMAGES / image))
+def test_finds_the_faces_in_real_photos(detector: FaceDetectorBackend, image: str, faces: int):
+    img = _image(image)
     dets = detector.detect_batch([img])[0]
     assert len(dets) == faces
     h, w = img.shape[:2]
     for d in dets:
         x1, y1, x2, y2 = d.bbox
-        assert -2 <= x1 < x2 <= w + 2 and -2 <= y1 < y2 <= h + 2
+        assert 0 <= x1 < x2 <= w and 0 <= y1 < y2 <= h
+        assert len(d.landmarks) == 10
         xs, ys = d.landmarks[0::2], d.landmarks[1::2]
-        assert all(x1 - 2 <= x <= x2 + 2 for x in xs) and all(y1 - 2 <= y <= y2 + 2 for y in ys)
+        assert all(x1 <= x <= x2 for x in xs) and all(y1 <= y <= y2 for y in ys)
         assert 0.0 < d.score <= 1.0
     assert [d.score for d in dets] == sorted((d.score for d in dets), reverse=True)
 
 
-def test_finds_both_people_in_a_hamilton_frame(detector):
-    with av.open(str(REAL_VIDEOS / "hamilton_clip.mp4")) as c:
-        frame = next(c.decode(video=0)).to_ndarray(format="bgr24")
-    assert len(detector.detect_batch([frame])[0]) == 2
+def test_landmarks_come_in_the_same_order_from_every_backend(detector: FaceDetectorBackend):
+    (face,) = detector.detect_batch([_image("obama.jpg")])[0]
+    (ex0, ey0, ex1, ey1, nx, ny, mx0, my0, mx1, my1) = face.landmarks
+    assert ex0 < nx < ex1  # eyes, image-left first, either side of the nose
+    assert mx0 < nx < mx1  # mouth corners likewise
+    assert max(ey0, ey1) < ny < min(my0, my1)  # eyes above the nose above the mouth
 
 
-def test_detector_info_carries_the_model_sha256(detector):
-    assert detector.info.sha256 == file_sha256(detector.cfg.model_path)
-    assert len(detector.info.sha256) == 64
+def test_finds_each_person_where_they_stand(detector: FaceDetectorBackend):
+    img = _image("two_people.jpg")
+    dets = detector.detect_batch([img])[0]
+    xs = sorted(_centre(d)[0] for d in dets)
+    assert xs[0] < img.shape[1] / 2 < xs[1]
 
 
-def test_max_faces_and_min_face_size_are_honoured():
-    img = cv2.imread(str(IMAGES / "multiface.jpg"))
-    det = build_detector(DetectorConfig.build("scrfd-500m", max_faces=3))
+def test_finds_both_people_in_a_hamilton_frame(
+    detector: FaceDetectorBackend, hamilton_frame: np.ndarray
+):
+    dets = detector.detect_batch([hamilton_frame])[0]
+    assert len(dets) == 2
+    xs = sorted(_centre(d)[0] for d in dets)
+    assert xs[0] < 160 and xs[1] > 480  # the pianist at left, the singer at right
+
+
+def test_detect_batch_gives_one_list_per_frame_in_order(detector: FaceDetectorBackend):
+    frames = [np.zeros((360, 640, 3), np.uint8), _image("obama.jpg"), _image("two_people.jpg")]
+    assert [len(d) for d in detector.detect_batch(frames)] == [0, 1, 2]
+    assert detector.detect_batch([]) == []
+
+
+def test_detector_info_carries_the_model_sha256(detector: FaceDetectorBackend):
+    expected = hashlib.sha256(Path(detector.cfg.model_path).read_bytes()).hexdigest()
+    assert detector.info.sha256 == expected
+    assert expected.startswith(README_SHA256[detector.cfg.name])
+    assert detector.info.name == detector.cfg.name
+
+
+def test_file_sha256_reads_an_fsspec_uri():
+    payload = b"not a model" * 100_000  # > 1 MiB: more than one chunk
+    with fsspec.open("memory://dfscan-test/model.onnx", "wb") as fh:
+        fh.write(payload)
+    assert file_sha256("memory://dfscan-test/model.onnx") == hashlib.sha256(payload).hexdigest()
+
+
+def test_max_faces_keeps_the_largest_faces_sorted_by_score():
+    img = _image("multiface.jpg")
+    full = build_detector(DetectorConfig.build("scrfd-2.5g"))
+    full.load()
+    three = build_detector(DetectorConfig.build("scrfd-2.5g", max_faces=3))
+    three.load()
+    everyone = full.detect_batch([img])[0]
+    kept = three.detect_batch([img])[0]
+
+    def area(d: Detection) -> float:
+        return (d.bbox[2] - d.bbox[0]) * (d.bbox[3] - d.bbox[1])
+
+    largest = sorted(everyone, key=area, reverse=True)[:3]
+    assert len(kept) == 3
+    assert {d.bbox for d in kept} == {d.bbox for d in largest}
+    assert [d.score for d in kept] == sorted((d.score for d in kept), reverse=True)
+
+
+def test_min_face_px_drops_faces_with_a_shorter_side(scrfd_500m: FaceDetectorBackend):
+    img = _image("multiface.jpg")
+    sides = sorted(
+        min(d.bbox[2] - d.bbox[0], d.bbox[3] - d.bbox[1]) for d in scrfd_500m.detect_batch([img])[0]
+    )
+    assert len(sides) == 6 and sides[0] < sides[1]
+    cut = int(sides[0]) + 1  # just above the smallest face
+    det = build_detector(DetectorConfig.build("scrfd-500m", min_face_px=cut))
     det.load()
-    assert len(det.detect_batch([img])[0]) == 3
+    assert len(det.detect_batch([img])[0]) == 5
     big_only = build_detector(DetectorConfig.build("scrfd-500m", min_face_px=10_000))
     big_only.load()
     assert big_only.detect_batch([img])[0] == []
 
 
-def test_missing_model_file_is_a_config_error(tmp_path):
-    det = build_detector(DetectorConfig.build("yunet", str(tmp_path / "none.onnx")))
+def test_scrfd_500m_always_runs_at_640_because_its_graph_is_fixed():
+    det = build_detector(DetectorConfig.build("scrfd-500m", det_size=320))
+    assert isinstance(det, SCRFDDetector) and det.det_size == 640
+    det.load()
+    assert len(det.detect_batch([_image("two_people.jpg")])[0]) == 2
+
+
+def test_scrfd_2_5g_honours_a_smaller_det_size():
+    det = build_detector(DetectorConfig.build("scrfd-2.5g", det_size=320))
+    assert isinstance(det, SCRFDDetector) and det.det_size == 320
+    det.load()
+    assert len(det.detect_batch([_image("two_people.jpg")])[0]) == 2
+
+
+def test_scrfd_det_size_off_the_stride_grid_is_a_config_error():
+    with pytest.raises(ConfigError, match="multiple of 32"):
+        build_detector(DetectorConfig.build("scrfd-2.5g", det_size=500))
+
+
+@pytest.mark.parametrize("name", BACKENDS)
+def test_missing_model_file_is_a_one_line_config_error(tmp_path: Path, name: str):
+    missing = str(tmp_path / "none.onnx")
+    with pytest.raises(ConfigError, match="not found") as err:
+        build_detector(DetectorConfig.build(name, missing))
+    assert missing in str(err.value) and "\n" not in str(err.value)
+
+
+def test_model_file_gone_by_load_time_is_a_config_error(tmp_path: Path):
+    path = tmp_path / "yunet.onnx"
+    path.write_bytes(Path(DetectorConfig.build("yunet").model_path).read_bytes())
+    det = build_detector(DetectorConfig.build("yunet", str(path)))
+    path.unlink()
     with pytest.raises(ConfigError, match="not found"):
         det.load()
 
 
-def test_unknown_detector_name_is_a_config_error():
+def test_unknown_detector_or_device_is_a_config_error():
     with pytest.raises(ConfigError, match="unknown --detector"):
-        DetectorConfig.build("blazeface")
+        build_detector(DetectorConfig(name="blazeface", model_path="x.onnx"))
+    with pytest.raises(ConfigError, match="unknown --device"):
+        build_detector(DetectorConfig.build("yunet", device="tpu"))
 
 
-def test_crop_is_a_square_enlarged_by_the_scale():
-    d = Detection((100.0, 100.0, 140.0, 160.0), (0.0,) * 10, 0.9)
+def test_cuda_without_a_cuda_provider_is_a_config_error():
+    import onnxruntime as ort
+
+    if "CUDAExecutionProvider" in ort.get_available_providers():
+        pytest.skip("this machine has CUDA: the error cannot happen")
+    det = build_detector(DetectorConfig.build("scrfd-500m", device="cuda"))
+    with pytest.raises(ConfigError, match="--device cuda"):
+        det.load()
+
+
+def test_a_loaded_detector_pickles_without_its_session(scrfd_500m: FaceDetectorBackend):
+    copy = pickle.loads(pickle.dumps(scrfd_500m))
+    assert scrfd_500m.loaded and not copy.loaded
+    with pytest.raises(RuntimeError, match="load"):
+        copy.detect_batch([_image("obama.jpg")])
+    copy.load()
+    assert len(copy.detect_batch([_image("obama.jpg")])[0]) == 1
+
+
+# --- crops ------------------------------------------------------------------------------
+
+
+def _det(x1: float, y1: float, x2: float, y2: float) -> Detection:
+    return Detection((x1, y1, x2, y2), (0.0,) * 10, 0.9)
+
+
+def test_crop_is_a_square_on_the_face_enlarged_by_the_scale():
+    d = _det(100.0, 100.0, 140.0, 160.0)  # 40 x 60, centre (120, 130)
     left, top, right, bottom = crop_box(d, 1.3, 640, 360)
-    assert right - left == bottom - top == 78  # 60 px long side x 1.3
-    assert (left + right) / 2 == pytest.approx(120, abs=1) and (top + bottom) / 2 == 130
-    assert crop_box(d, 1.0, 640, 360)[2] - crop_box(d, 1.0, 640, 360)[0] == 60
+    assert right - left == bottom - top == 78  # long side 60 x 1.3
+    assert (left + right) / 2 == 120 and (top + bottom) / 2 == 130
+    l1, t1, r1, b1 = crop_box(d, 1.0, 640, 360)
+    assert r1 - l1 == b1 - t1 == 60
+    assert (right - left) * (bottom - top) / ((r1 - l1) * (b1 - t1)) == pytest.approx(1.69)
 
 
-def test_crop_is_clipped_at_the_frame_edge_and_resized():
+def test_crop_is_clipped_at_the_frame_edge():
+    d = _det(0.0, 300.0, 50.0, 360.0)  # bottom-left corner of a 640x360 frame
+    left, top, right, bottom = crop_box(d, 1.3, 640, 360)
+    assert (left, bottom) == (0, 360)
+    assert right == 64 and top == 291  # 78 px square around (25, 330), cut by the edges
+    out = crop_face(np.zeros((360, 640, 3), np.uint8), d, CropConfig(scale=1.3, size=224))
+    assert out.shape == (224, 224, 3) and out.dtype == np.uint8
+
+
+def test_crop_holds_the_face_pixels_and_has_the_configured_size():
     img = np.zeros((360, 640, 3), np.uint8)
-    d = Detection((0.0, 0.0, 50.0, 50.0), (0.0,) * 10, 0.9)
-    assert crop_box(d, 1.3, 640, 360)[:2] == (0, 0)
-    out = crop_face(img, d, CropConfig(scale=1.3, size=224))
-    assert out.shape == (224, 224, 3)
+    img[100:200, 300:400] = (0, 0, 255)  # a red "face"
+    d = _det(300.0, 100.0, 400.0, 200.0)
+    tight = crop_face(img, d, CropConfig(scale=1.0, size=64))  # downscale: INTER_AREA
+    assert tight.shape == (64, 64, 3)
+    assert (tight[..., 2] > 200).mean() > 0.95
+    loose = crop_face(img, d, CropConfig(scale=2.0, size=300))  # upscale: INTER_LINEAR
+    assert loose.shape == (300, 300, 3)
+    assert (loose[..., 2] > 200).mean() == pytest.approx(0.25, abs=0.02)  # 1/scale^2
+
+
+def test_encode_jpeg_round_trips():
+    img = np.full((224, 224, 3), (40, 120, 200), np.uint8)
+    data = encode_jpeg(img, 95)
+    assert data[:2] == b"\xff\xd8"  # JPEG SOI marker
+    back = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+    assert back is not None and back.shape == img.shape
+    assert np.abs(back.astype(int) - img).max() <= 3
+    assert len(encode_jpeg(_image("obama.jpg"), 50)) < len(encode_jpeg(_image("obama.jpg"), 95))
+
+
+def test_crop_without_a_scale_uses_the_ff_plus_plus_default():
+    img = np.zeros((360, 640, 3), np.uint8)
+    img[100:200, 300:400] = 255
+    d = _det(300.0, 100.0, 400.0, 200.0)
+    unset = crop_face(img, d, CropConfig(scale=None, size=130))
+    assert np.array_equal(unset, crop_face(img, d, CropConfig(scale=1.3, size=130)))
