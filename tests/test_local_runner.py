@@ -1,0 +1,91 @@
+"""The local engine: order, overlap of stages, failures, early stop."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+
+from operators.base import Operator, Resources
+from operators.metrics import ScanMetrics
+from pipelines.local import LocalRunner
+
+
+class AddOne(Operator[int, int]):
+    name = "add_one"
+
+    def __init__(self, batch: int = 3, delay: float = 0.0) -> None:
+        self.batch, self.delay = batch, delay
+        self.setups = self.teardowns = 0
+        self.threads: set[str] = set()
+
+    @property
+    def resources(self) -> Resources:
+        return Resources(batch_size=self.batch)
+
+    def setup(self) -> None:
+        self.setups += 1
+
+    def teardown(self) -> None:
+        self.teardowns += 1
+
+    def process_batch(self, items: list[int]) -> list[int]:
+        self.threads.add(threading.current_thread().name)
+        time.sleep(self.delay)
+        return [i + 1 for i in items]
+
+
+class Boom(AddOne):
+    name = "boom"
+
+    def process_batch(self, items: list[int]) -> list[int]:
+        if 5 in items:
+            raise RuntimeError("operator bug")
+        return items
+
+
+@pytest.mark.parametrize("threaded", [True, False])
+def test_every_item_comes_out_once_in_order(threaded: bool):
+    ops = [AddOne(3), AddOne(2), AddOne(5)]
+    out = list(LocalRunner(threaded).run(range(20), ops, ScanMetrics()))
+    assert out == [i + 3 for i in range(20)]
+    assert all(op.setups == 1 and op.teardowns == 1 for op in ops)
+
+
+def test_stages_run_in_their_own_threads_and_overlap():
+    first, second = AddOne(1, delay=0.02), AddOne(1, delay=0.02)
+    first.name, second.name = "first", "second"
+    spans: dict[str, list[tuple[float, float]]] = {"first": [], "second": []}
+    for op in (first, second):
+        inner = op.process_batch
+
+        def timed(items: list[int], op: AddOne = op, inner=inner) -> list[int]:
+            t0 = time.perf_counter()
+            out = inner(items)
+            spans[op.name].append((t0, time.perf_counter()))
+            return out
+
+        op.process_batch = timed  # type: ignore[method-assign]
+    assert len(list(LocalRunner(True).run(range(10), [first, second], ScanMetrics()))) == 10
+    assert first.threads == {"dfscan-first"} and second.threads == {"dfscan-second"}
+    # Some batch of the second stage ran while the first stage was working on another.
+    assert any(a0 < b1 and b0 < a1 for a0, a1 in spans["first"] for b0, b1 in spans["second"])
+
+
+def test_a_bug_in_an_operator_stops_the_run_and_is_raised():
+    ops = [AddOne(2), Boom(2), AddOne(2)]
+    with pytest.raises(RuntimeError, match="operator bug"):
+        list(LocalRunner(True).run(range(100), ops, ScanMetrics()))
+    assert all(op.teardowns == 1 for op in ops)
+    assert not [t for t in threading.enumerate() if t.name.startswith("dfscan-")]
+
+
+def test_consumer_stopping_early_releases_every_stage():
+    ops = [AddOne(1), AddOne(1)]
+    gen = LocalRunner(True).run(range(1000), ops, ScanMetrics())
+    assert next(gen) == 2
+    gen.close()
+    time.sleep(0.3)
+    assert not [t for t in threading.enumerate() if t.name.startswith("dfscan-")]
+    assert all(op.teardowns == 1 for op in ops)
