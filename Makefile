@@ -9,7 +9,7 @@ OUT    ?= out
 MODEL  ?= artifacts/starter.pt
 export DFSCAN_SHARED := $(SHARED)
 
-.PHONY: install demo test lint bench clean
+.PHONY: install demo test lint bench bench-train fuzz plan clean
 
 $(STAMP): setup.py constraints.txt
 	$(PY) -m venv $(VENV)
@@ -35,8 +35,21 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 
+# Per-stage table of one local scan, then throughput of every runner against the floors
+# (numbers also written to benchmarks/results/throughput.json, read by `dfscan plan`).
 bench: $(STAMP) $(MODEL)
 	$(BIN)/python benchmarks/bench_scan.py --model $(MODEL)
+	$(BIN)/python benchmarks/bench_throughput.py --model $(MODEL)
+
+bench-train: $(STAMP)
+	$(BIN)/python benchmarks/bench_train.py
+
+# Coverage-guided fuzzing of decode and shard reading; crashes land in tests/fuzz/crashes/.
+fuzz: $(STAMP)
+	$(BIN)/python tests/fuzz/fuzz_decode.py -max_total_time=$(or $(FUZZ_SECONDS),60)
+
+plan: $(STAMP)
+	$(BIN)/dfscan plan --videos-per-day 1000000 --mean-duration 30 --gpu-type t4 --markdown
 
 clean:
 	rm -rf $(OUT) .pytest_cache

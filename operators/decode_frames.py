@@ -9,6 +9,14 @@ display matrix is applied to the sampled frames, so faces are upright for detect
 Failures are typed (see ``operators.errors``): a file that is not a media container
 is ``unsupported``; a media container that FFmpeg cannot open or decode is
 ``decode_error``; a per-video wall-clock deadline gives ``timeout``.
+
+Uploads are untrusted, so FFmpeg is fenced in before it reads a byte (``open_options``):
+only the container formats of ``ALLOWED_DEMUXERS``, no protocol at all for nested opens
+(playlists such as HLS or concat cannot make it read other files or URLs), no decoder
+at all while probing, and ``max_pixels`` on the codec context so a crafted header
+cannot make it allocate a giant frame. The header is then checked against
+``LimitsConfig`` (pixels, duration, frames, streams, codec allow-list) before the first
+frame is decoded: ``too_large`` or ``unsupported``.
 """
 
 from __future__ import annotations
@@ -16,10 +24,11 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import math
+import struct
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any, BinaryIO
+from typing import Any
 
 import av
 import av.error
@@ -49,6 +58,37 @@ ALLOWED_DEMUXERS = (
 )
 # How much of the file head is sniffed to tell "not media" from "broken media".
 _SNIFF_BYTES = 8192
+_INT_MAX = 2**31 - 1  # FFmpeg's `max_pixels` is a C int
+
+
+# No decoder runs inside ``av.open``: FFmpeg's probe (avformat_find_stream_info) would
+# otherwise decode frames of every stream, with any decoder, at the size the header
+# declares, before a single limit is checked. The header still gives sizes, rates,
+# durations and codecs; only the pixel format stays unknown until our own decode.
+_NO_DECODER_AT_PROBE = "none"
+
+
+def open_options(limits: LimitsConfig) -> dict[str, str]:
+    """The options every upload is opened with: they fence FFmpeg in before it reads."""
+    return {
+        "format_whitelist": ",".join(ALLOWED_DEMUXERS),
+        # No protocol for nested opens: an HLS/concat/dash playlist, or a mov external
+        # reference, cannot read another file or URL. FFmpeg copies this list into the
+        # contexts a demuxer opens for itself (a custom ``io_open`` would not be).
+        "protocol_whitelist": "",
+        "enable_drefs": "0",  # mov: never follow external data references (the default)
+        "codec_whitelist": _NO_DECODER_AT_PROBE,
+        "max_pixels": str(min(limits.max_pixels, _INT_MAX)),  # in case a probe decodes
+    }
+
+
+def gif_screen_size(head: bytes) -> tuple[int, int] | None:
+    """A GIF's logical screen: FFmpeg's GIF demuxer does not export it, and the decoder
+    allocates it whole on the first frame (65535x65535 x 4 bytes)."""
+    if len(head) >= 10 and head[:6] in (b"GIF87a", b"GIF89a"):
+        width, height = struct.unpack("<HH", head[6:10])
+        return int(width), int(height)
+    return None
 
 
 @dataclass
@@ -85,6 +125,10 @@ def _classify_open_failure(head: bytes, err: Exception) -> Exception:
     if mime is None or not mime.startswith(("video/", "audio/", "application/vnd.rn")):
         kind = mime or "unrecognised bytes"
         return UnsupportedMedia(f"not a video container ({kind})")
+    if isinstance(err, av.error.ArgumentError):
+        # EINVAL at open is an allow-list saying no: a demuxer not in ALLOWED_DEMUXERS
+        # or a nested open with no protocol allowed.
+        return UnsupportedMedia(f"{mime}: container format or nested file access not allowed")
     return DecodeError(f"{mime} container could not be opened: {err}")
 
 
@@ -118,25 +162,56 @@ class FrameDecoder:
         self.storage_options = dict(storage_options or {})
 
     @contextlib.contextmanager
-    def _open(self, uri: str) -> Iterator[tuple[Any, BinaryIO]]:
+    def _open(self, uri: str) -> Iterator[tuple[Any, bytes]]:
         with fsspec.open(uri, "rb", **self.storage_options) as fh:
             head = fh.read(_SNIFF_BYTES)
             if not head:
                 raise UnsupportedMedia("empty file")
+            self._check_pixels(gif_screen_size(head), "GIF screen")
             fh.seek(0)
             try:
                 container = av.open(
                     fh,
                     mode="r",
-                    options={"format_whitelist": ",".join(ALLOWED_DEMUXERS)},
+                    options=open_options(self.limits),
                     metadata_errors="ignore",
                 )
             except (av.error.FFmpegError, ValueError, EOFError, OSError) as err:
                 raise _classify_open_failure(head, err) from None
             try:
-                yield container, fh
+                yield container, head
             finally:
                 container.close()
+
+    def _check_pixels(self, size: tuple[int, int] | None, what: str) -> None:
+        if size is not None and size[0] * size[1] > self.limits.max_pixels:
+            raise VideoTooLarge(
+                f"{what} {size[0]}x{size[1]} exceeds the limit of"
+                f" {self.limits.max_pixels} pixels per frame"
+            )
+
+    def _check_header(self, container: Any, stream: Any, meta: VideoMeta) -> None:
+        """Limits from the header, before any frame is decoded."""
+        lim = self.limits
+        n_streams = len(container.streams)
+        if n_streams > lim.max_streams:
+            raise VideoTooLarge(f"{n_streams} streams exceeds the limit of {lim.max_streams}")
+        codec = stream.codec_context.codec.canonical_name
+        if codec not in lim.allowed_codecs:
+            raise UnsupportedMedia(f"video codec {codec} is not allowed")
+        self._check_pixels((meta.width, meta.height), "frame size")
+        if meta.duration_s is not None and meta.duration_s > lim.max_duration_s:
+            raise VideoTooLarge(
+                f"declared duration {meta.duration_s:.0f} s exceeds the limit of"
+                f" {lim.max_duration_s:.0f} s"
+            )
+        self._check_frames(meta.frame_count, "declared")
+
+    def _check_frames(self, count: int | None, what: str) -> None:
+        if count is not None and count > self.limits.max_frames:
+            raise VideoTooLarge(
+                f"{what} frame count {count} exceeds the limit of {self.limits.max_frames}"
+            )
 
     def _probe(self, container: Any) -> tuple[Any, VideoMeta]:
         if not container.streams.video:
@@ -147,10 +222,6 @@ class FrameDecoder:
         if ctx is None or not ctx.name:
             raise UnsupportedMedia("video stream has no decoder in this FFmpeg build")
         width, height = int(ctx.width or 0), int(ctx.height or 0)
-        if width * height > self.limits.max_pixels:
-            raise VideoTooLarge(
-                f"{width}x{height} exceeds the limit of {self.limits.max_pixels} pixels per frame"
-            )
         fps = float(stream.average_rate) if stream.average_rate else None
         if fps is None and stream.guessed_rate:
             fps = float(stream.guessed_rate)
@@ -170,24 +241,48 @@ class FrameDecoder:
             codec=str(ctx.name),
             frame_count=frames,
         )
+        self._check_header(container, stream, meta)
         return stream, meta
 
     def _count_packets(self, container: Any, stream: Any) -> int:
-        """Frame count by demuxing without decoding, for containers with no count."""
-        n = sum(1 for p in container.demux(stream) if p.size)
-        container.seek(0)
+        """Frame count by demuxing without decoding, for containers with no count.
+
+        A damaged file ends the count where demuxing fails (decode then stops there too);
+        the count is capped like a declared one, so a packet flood costs no decode."""
+        n = 0
+        try:
+            for packet in container.demux(stream):
+                n += bool(packet.size)
+                if n > self.limits.max_frames:
+                    break
+        except (av.error.FFmpegError, ValueError):
+            if n == 0:
+                raise DecodeError("no packet could be demuxed") from None
+        self._check_frames(n, "demuxed")
         return n
 
     @contextlib.contextmanager
     def open(self, uri: str, deadline: float | None = None) -> Iterator[DecodedVideo]:
         """Open ``uri`` and yield its header facts and a lazy iterator of sampled frames."""
-        with self._open(uri) as (container, _fh):
+        with self._open(uri) as (container, _head):
             stream, meta = self._probe(container)
-            if self.sampling.policy == "uniform" and not meta.frame_count:
+            counted = self.sampling.policy == "uniform" and not meta.frame_count
+            if counted:
                 meta = _replace_count(meta, self._count_packets(container, stream))
-            stats = DecodeStats()
-            frames = self._iter_frames(container, stream, meta, stats, deadline)
-            yield DecodedVideo(meta=meta, frames=frames, stats=stats)
+            if not counted or _rewind(container):
+                yield self._decoded(container, stream, meta, deadline)
+                return
+        # Raw streams (h264, hevc) cannot seek back after the count: open them again.
+        with self._open(uri) as (container, _head):
+            stream, _ = self._probe(container)
+            yield self._decoded(container, stream, meta, deadline)
+
+    def _decoded(
+        self, container: Any, stream: Any, meta: VideoMeta, deadline: float | None
+    ) -> DecodedVideo:
+        stats = DecodeStats()
+        frames = self._iter_frames(container, stream, meta, stats, deadline)
+        return DecodedVideo(meta=meta, frames=frames, stats=stats)
 
     def _iter_frames(
         self,
@@ -200,6 +295,9 @@ class FrameDecoder:
         ctx = stream.codec_context
         ctx.thread_type = "AUTO"
         ctx.thread_count = self.threads
+        # The decoder's own cap: a frame whose size changes mid-stream, or a header that
+        # declared nothing, still cannot make it allocate more than the limit.
+        ctx.options = {**ctx.options, "max_pixels": str(min(self.limits.max_pixels, _INT_MAX))}
         policy = self.sampling.policy
         wanted: set[int] = set()
         last_wanted = -1
@@ -238,6 +336,8 @@ class FrameDecoder:
             index = decoded
             decoded += 1
             stats.frames_decoded = decoded
+            if decoded > self.limits.max_frames:
+                self._check_frames(decoded, "decoded")  # the header under-declared
             pts_s = float(frame.time) - start_s if frame.time is not None else index / fps
             if policy == "keyframes":
                 # Skipped frames never reach us: the index comes from the timestamp.
@@ -254,7 +354,16 @@ class FrameDecoder:
                 continue
             if rotation is None:
                 rotation = stats.rotation = _rotation_of(frame)
-            image = _rotate(frame.to_ndarray(format="bgr24"), rotation)
+            try:
+                image = _rotate(frame.to_ndarray(format="bgr24"), rotation)
+            except (av.error.FFmpegError, ValueError) as err:
+                # swscale refuses some decoded frames (a crafted colour description:
+                # ENOTSUP, found by fuzzing); like a decode failure, not a bug.
+                stats.seconds += time.perf_counter() - t0
+                if stats.frames_sampled == 0:
+                    raise DecodeError(f"frame {index} could not be converted: {err}") from None
+                stats.notes.append(f"conversion stopped at frame {index}: {err}")
+                break
             stats.frames_sampled += 1
             stats.seconds += time.perf_counter() - t0
             yield Frame(index=index, pts_s=pts_s, image=image)
@@ -267,6 +376,15 @@ class DecodedVideo:
     meta: VideoMeta
     frames: Iterator[Frame]
     stats: DecodeStats
+
+
+def _rewind(container: Any) -> bool:
+    """Seek back to the start; False when the demuxer cannot (raw elementary streams)."""
+    try:
+        container.seek(0)
+    except (av.error.FFmpegError, ValueError):
+        return False
+    return True
 
 
 def _replace_count(meta: VideoMeta, count: int) -> VideoMeta:

@@ -98,6 +98,7 @@ def verify_detector_model(cfg: DetectorConfig, path: str | None = None) -> str:
     An ONNX file is code-like input: a swapped graph silently changes every result."""
     local = path or _local_model(cfg)
     actual = file_sha256(local)
+    allowed: tuple[str, ...]
     if cfg.model_sha256:
         allowed, source = (cfg.model_sha256.lower(),), "--detector-sha256"
     else:

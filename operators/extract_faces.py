@@ -4,6 +4,12 @@ Fused into one operator because frames are the largest thing in the pipeline: a 
 of sampled frames is decoded, run through the detector, cropped and dropped before the
 next batch is decoded, so no engine ever ships or buffers raw frames. What leaves this
 stage is a few JPEG crops per frame.
+
+Per-video isolation lives here, so every engine gets it: with ``limits.isolate`` (the
+default) the decode and detection of each video run in a child process
+(``operators.isolation.DecodeWorker``) that loads the detector once and is replaced when
+a decoder crashes it or a video hangs it; the video gets ``decode_error`` or ``timeout``
+and the scan goes on.
 """
 
 from __future__ import annotations
@@ -16,9 +22,16 @@ from typing import Any
 
 from operators.base import Operator, Resources
 from operators.decode_frames import FrameDecoder
-from operators.errors import DecodeError, VideoError, VideoTimeout, VideoTooLarge
+from operators.errors import (
+    DecodeError,
+    UnsupportedMedia,
+    VideoError,
+    VideoTimeout,
+    VideoTooLarge,
+)
+from operators.uri_policy import UriPolicy
 from pipelines.config import CropConfig, DetectorConfig, LimitsConfig, SamplingConfig
-from schemas.records import FaceCrop, Frame, VideoFaces, VideoRef, VideoStatus
+from schemas.records import DetectorInfo, FaceCrop, Frame, VideoFaces, VideoRef, VideoStatus
 
 
 def _chunks(frames: Iterator[Frame], size: int) -> Iterator[list[Frame]]:
@@ -51,6 +64,9 @@ class FaceExtractor(Operator[VideoRef, VideoFaces]):
         self.frames_per_batch = frames_per_batch
         self._detector: Any = None
         self._decoder: FrameDecoder | None = None
+        self._worker: Any = None  # operators.isolation.DecodeWorker when isolated
+        self._info: DetectorInfo | None = None
+        self._policy = UriPolicy.build(limits.allow_prefixes)
 
     @property
     def resources(self) -> Resources:
@@ -58,35 +74,78 @@ class FaceExtractor(Operator[VideoRef, VideoFaces]):
         return Resources(cpus=1.0, batch_size=1)
 
     def setup(self) -> None:
-        from operators.detect_faces import build_detector
+        from operators.detect_faces import build_detector, verify_detector_model
 
+        if self.limits.isolate:
+            from operators.isolation import KILL_GRACE_S, DecodeWorker
+
+            # Refuse a tampered model here, in one line, before a worker is started.
+            verify_detector_model(self.detector_cfg)
+            self._worker = DecodeWorker(self.in_process(), self.limits.timeout_s + KILL_GRACE_S)
+            self._info = self._worker.start()
+            return
         self._detector = build_detector(self.detector_cfg)
         self._detector.load()
+        self._info = self._detector.info
         self._decoder = FrameDecoder(
             self.sampling, self.limits, self.decode_threads, self.storage_options
         )
 
+    def in_process(self) -> FaceExtractor:
+        """This extractor's settings with isolation off: what a decode worker runs."""
+        return FaceExtractor(
+            self.sampling,
+            self.detector_cfg,
+            self.crop,
+            dataclasses.replace(self.limits, isolate=False),
+            self.storage_options,
+            self.decode_threads,
+            self.frames_per_batch,
+        )
+
+    @property
+    def detector_info(self) -> DetectorInfo:
+        if self._info is None:
+            raise RuntimeError("FaceExtractor.setup() was not called")
+        return self._info
+
+    @property
+    def workers_started(self) -> int:
+        """Decode workers started so far: 1, plus one per crash or hang (0 in-process)."""
+        return self._worker.started if self._worker is not None else 0
+
     def teardown(self) -> None:
+        if self._worker is not None:
+            self._worker.close()
+        self._worker = None
         self._detector = None
         self._decoder = None
+
+    def __getstate__(self) -> dict[str, Any]:
+        # Engines pickle operators before setup(); a live worker never travels.
+        state = dict(self.__dict__)
+        state.update(_worker=None, _detector=None, _decoder=None, _info=None)
+        return state
 
     def process_batch(self, items: list[VideoRef]) -> list[VideoFaces]:
         return [self.extract(ref) for ref in items]
 
     def extract(self, ref: VideoRef) -> VideoFaces:
-        if self._detector is None or self._decoder is None:
-            raise RuntimeError("FaceExtractor.setup() was not called")
         base = VideoFaces(
             ref=ref,
             status=VideoStatus.NO_FACE,
-            detector=self._detector.info,
+            detector=self.detector_info,
             sampling=str(self.sampling),
         )
         try:
+            if (refused := self._policy.refusal(ref.uri)) is not None:
+                raise UnsupportedMedia(refused)
             if ref.size_bytes > self.limits.max_bytes:
                 raise VideoTooLarge(
                     f"{ref.size_bytes} bytes exceeds the limit of {self.limits.max_bytes}"
                 )
+            if self._worker is not None:
+                return self._worker.extract(ref)
             return self._extract(ref, base)
         except VideoError as err:
             return dataclasses.replace(base, status=err.status, error=str(err))
@@ -95,7 +154,8 @@ class FaceExtractor(Operator[VideoRef, VideoFaces]):
         from operators.detect_faces import crop_face, encode_jpeg
         from operators.track_faces import IouTracker
 
-        assert self._decoder is not None
+        if self._detector is None or self._decoder is None:
+            raise RuntimeError("FaceExtractor.setup() was not called")
         deadline = time.monotonic() + self.limits.timeout_s
         tracker = IouTracker()
         faces: list[FaceCrop] = []

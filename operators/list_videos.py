@@ -18,6 +18,7 @@ from typing import Any
 import fsspec
 
 from operators.base import Operator, Resources
+from operators.uri_policy import UriPolicy
 from pipelines.config import ConfigError
 from schemas.records import VideoFile, VideoRef
 
@@ -80,12 +81,23 @@ def read_manifest(uri: str, storage_options: dict[str, Any] | None = None) -> li
     return list(seen)
 
 
-def list_videos(uri: str, storage_options: dict[str, Any] | None = None) -> Iterator[VideoFile]:
+def list_videos(
+    uri: str,
+    storage_options: dict[str, Any] | None = None,
+    allow_prefixes: tuple[str, ...] = (),
+) -> Iterator[VideoFile]:
     """Every file under ``uri`` (sorted, hidden and ``_``-prefixed names skipped), or the
-    entries of a manifest, or the single file ``uri`` names."""
+    entries of a manifest, or the single file ``uri`` names.
+
+    A manifest entry outside ``allow_prefixes`` is listed as it is written, unread (not
+    even stat'ed): the hasher and the decoder refuse it again and its row says why."""
     opts = storage_options or {}
+    policy = UriPolicy.build(allow_prefixes)
     if is_manifest(uri):
         for entry in read_manifest(uri, opts):
+            if not policy.allows(entry):
+                yield VideoFile(uri=entry, size_bytes=-1)
+                continue
             fs, path = fsspec.core.url_to_fs(entry, **opts)
             try:
                 info = fs.info(path)
@@ -131,9 +143,15 @@ class VideoHasher(Operator[VideoFile, VideoRef]):
 
     name = "hash"
 
-    def __init__(self, max_bytes: int, storage_options: dict[str, Any] | None = None) -> None:
+    def __init__(
+        self,
+        max_bytes: int,
+        storage_options: dict[str, Any] | None = None,
+        allow_prefixes: tuple[str, ...] = (),
+    ) -> None:
         self.max_bytes = max_bytes
         self.storage_options = dict(storage_options or {})
+        self.policy = UriPolicy.build(allow_prefixes)  # refused URIs are never opened
 
     @property
     def resources(self) -> Resources:
@@ -141,6 +159,10 @@ class VideoHasher(Operator[VideoFile, VideoRef]):
         return Resources(cpus=0.25, batch_size=16)
 
     def hash_one(self, video: VideoFile) -> VideoRef:
+        if not self.policy.allows(video.uri):
+            # Not ours to read: decode refuses it too and the row says why.
+            size = max(video.size_bytes, 0)
+            return VideoRef(uri_video_id(video.uri), video.uri, size, video.mtime)
         if video.size_bytes > self.max_bytes:
             return VideoRef(uri_video_id(video.uri), video.uri, video.size_bytes, video.mtime)
         digest = hashlib.sha256()

@@ -16,8 +16,10 @@ from __future__ import annotations
 import http.client
 import logging
 import os
+import threading
 import time
 import uuid
+from types import TracebackType
 from typing import Any
 
 from prometheus_client import (
@@ -30,6 +32,7 @@ from prometheus_client import (
     push_to_gateway,
 )
 
+from operators.redact import redact
 from schemas.records import VideoStatus
 
 log = logging.getLogger(__name__)
@@ -41,15 +44,23 @@ STAGE_BUCKETS: tuple[float, ...] = (
     1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0,
 )  # fmt: skip
 
-# A push happens once, at the end of a scan: a missing gateway should cost a few
-# seconds there, not prometheus_client's default 30.
+# Buckets of fake_probability: tenths, as the warehouse's score_histogram view, so the
+# dashboard's histogram and the SQL one line up.
+SCORE_BUCKETS: tuple[float, ...] = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
+
+# A push that hangs blocks the next tick and the end of the scan: a missing gateway
+# should cost a few seconds, not prometheus_client's default 30.
 PUSH_TIMEOUT_S = 3.0
+# Pushing faster than Prometheus scrapes the gateway (15 s by default) only adds load.
+DEFAULT_PUSH_INTERVAL_S = 15.0
 
 VIDEOS = "dfscan_videos_total"
 FRAMES_DECODED = "dfscan_frames_decoded_total"
 FACES_DETECTED = "dfscan_faces_detected_total"
 FACES_SCORED = "dfscan_faces_scored_total"
 BYTES_READ = "dfscan_bytes_read_total"
+VERDICTS = "dfscan_verdicts_total"
+FAKE_PROBABILITY = "dfscan_fake_probability"
 
 Snapshot = dict[str, Any]  # {VIDEOS: {status: n}, FRAMES_DECODED: n, ...}
 
@@ -98,6 +109,33 @@ class ScanMetrics:
             "When this scan last finished successfully (0 until then).",
             registry=reg,
         )
+        # A failure newer than the job's last success is what the JobFailed alert fires
+        # on, so it clears by itself when the next run succeeds.
+        self._last_failure = Gauge(
+            "dfscan_last_failure_timestamp_seconds",
+            "When this scan ended with an error (0 unless it did).",
+            registry=reg,
+        )
+        self._backlog = Gauge(
+            "dfscan_videos_backlog",
+            "Videos this run still has to finish (listed, not skipped, not yet done).",
+            registry=reg,
+        )
+        # Per video, on the driver from the row itself, so every engine counts the same.
+        # model_version is a label (few values) so fake rate and drift split by model.
+        self._verdicts = Counter(
+            VERDICTS.removesuffix("_total"),
+            "Scored videos by verdict (FAKE/REAL) and model version.",
+            ["model_version", "label"],
+            registry=reg,
+        )
+        self._fake_probability = Histogram(
+            FAKE_PROBABILITY,
+            "Per-video fake_probability of scored videos.",
+            ["model_version"],
+            buckets=SCORE_BUCKETS,
+            registry=reg,
+        )
         self._in_flight = Gauge(
             "dfscan_videos_in_flight", "Videos started and not yet finished.", registry=reg
         )
@@ -132,13 +170,29 @@ class ScanMetrics:
     def set_in_flight(self, n: int) -> None:
         self._in_flight.set(n)
 
+    def set_backlog(self, n: int) -> None:
+        self._backlog.set(n)
+
+    def observe_verdict(self, model_version: str, probability: float, label: str) -> None:
+        """One scored video: its verdict and where its probability falls."""
+        self._verdicts.labels(model_version=model_version, label=label).inc()
+        self._fake_probability.labels(model_version=model_version).observe(probability)
+
     def set_info(self, **labels: str) -> None:
         """Add or replace build labels (model_version, detector, code_version, ...)."""
         self._build_labels.update({k: str(v) for k, v in labels.items()})
         self._build.info(self._build_labels)
 
+    @property
+    def info(self) -> dict[str, str]:
+        """The build labels set so far (a copy)."""
+        return dict(self._build_labels)
+
     def mark_success(self) -> None:
         self._last_success.set(time.time())
+
+    def mark_failure(self) -> None:
+        self._last_failure.set(time.time())
 
     # --- moving counts between processes ----------------------------------------------
 
@@ -196,6 +250,29 @@ class ScanMetrics:
             fs.rm(tmp)
             raise
 
+    def try_push(
+        self,
+        gateway_url: str,
+        job: str,
+        grouping_key: dict[str, str],
+        timeout: float = PUSH_TIMEOUT_S,
+    ) -> str | None:
+        """PUT this registry to a Pushgateway; None, or why it failed (never raises for
+        an unreachable or misconfigured gateway)."""
+        try:
+            push_to_gateway(
+                gateway_url,
+                job=job,
+                registry=self.registry,
+                grouping_key=grouping_key,
+                timeout=timeout,
+            )
+        # URLError/HTTPError/timeouts are OSError; a bad status line is HTTPException;
+        # a malformed gateway URL (InvalidURL, unknown url type) is ValueError.
+        except (OSError, http.client.HTTPException, ValueError) as err:
+            return str(err) or type(err).__name__
+        return None
+
     def push(
         self,
         gateway_url: str,
@@ -208,17 +285,96 @@ class ScanMetrics:
         Metrics are a side channel: a gateway that is down or misconfigured must not fail
         a scan whose results are already in the warehouse.
         """
-        try:
-            push_to_gateway(
-                gateway_url,
-                job=job,
-                registry=self.registry,
-                grouping_key=grouping_key,
-                timeout=timeout,
-            )
-        # URLError/HTTPError/timeouts are OSError; a bad status line is HTTPException;
-        # a malformed gateway URL (InvalidURL, unknown url type) is ValueError.
-        except (OSError, http.client.HTTPException, ValueError) as err:
-            log.warning("metrics push to %s failed: %s", gateway_url, err)
+        error = self.try_push(gateway_url, job, grouping_key, timeout)
+        if error is not None:
+            log.warning("metrics push to %s failed: %s", redact(gateway_url), redact(error))
             return False
         return True
+
+
+class MetricsPusher:
+    """Pushes a scan's registry every ``interval_s`` from a daemon thread, and once
+    more on ``stop()``.
+
+    A nightly scan runs for hours: pushed only at the end, the dashboard would stay
+    blank, ``rate()`` would have nothing to work on, and a killed run would leave no
+    trace. Every push is a PUT of the whole registry under one grouping key (job and
+    run id), so each replaces the last. A failed push is logged once per outage (not
+    every tick) and the next tick tries again; it never raises into the scan.
+    """
+
+    def __init__(
+        self,
+        metrics: ScanMetrics,
+        gateway_url: str,
+        job: str,
+        grouping_key: dict[str, str],
+        interval_s: float = DEFAULT_PUSH_INTERVAL_S,
+        timeout: float = PUSH_TIMEOUT_S,
+    ) -> None:
+        if not interval_s > 0:
+            raise ValueError(f"push interval must be > 0 seconds, got {interval_s}")
+        self.metrics = metrics
+        self.gateway_url = gateway_url
+        self.job = job
+        self.grouping_key = dict(grouping_key)
+        self.interval_s = interval_s
+        self.timeout = timeout
+        self.pushes = 0  # successful pushes so far
+        self.failures = 0
+        self._failing = False
+        self._lock = threading.Lock()  # the final push never overlaps a tick's
+        self._stopped = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> MetricsPusher:
+        """Push once now (the run shows up at once), then every ``interval_s``."""
+        if self._thread is not None:
+            raise RuntimeError("MetricsPusher already started")
+        self.push_now()
+        self._thread = threading.Thread(target=self._loop, name="dfscan-metrics-push", daemon=True)
+        self._thread.start()
+        return self
+
+    def _loop(self) -> None:
+        while not self._stopped.wait(self.interval_s):
+            self.push_now()
+
+    def push_now(self) -> bool:
+        """One push; True if the gateway took it."""
+        with self._lock:
+            error = self.metrics.try_push(
+                self.gateway_url, self.job, self.grouping_key, self.timeout
+            )
+            if error is None:
+                if self._failing:
+                    log.info("metrics push to %s works again", redact(self.gateway_url))
+                self._failing = False
+                self.pushes += 1
+                return True
+            self.failures += 1
+            if not self._failing:
+                log.warning(
+                    "metrics push to %s failed: %s", redact(self.gateway_url), redact(error)
+                )
+            self._failing = True
+            return False
+
+    def stop(self, final_push: bool = True) -> bool:
+        """Stop the ticks and push the final values; True if that last push worked."""
+        self._stopped.set()
+        if self._thread is not None:
+            self._thread.join(timeout=self.timeout + 1.0)
+            self._thread = None
+        return self.push_now() if final_push else not self._failing
+
+    def __enter__(self) -> MetricsPusher:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()

@@ -12,11 +12,29 @@ from collections import defaultdict
 from typing import Any
 
 import fsspec
+import pyarrow as pa
 import pyarrow.parquet as pq
 
 from operators.base import Operator, Resources
 from schemas.arrow import FACE_SHARD_SCHEMA
 from schemas.records import FaceCrop, ShardVideo, VideoFaces, VideoStatus
+
+
+class DamagedShard(ValueError):
+    """A shard whose content breaks its schema (nulls where none may be): found by
+    fuzzing; Parquet does not enforce a schema's non-null fields on read."""
+
+
+def _check_no_nulls(table: pa.Table, part: str) -> None:
+    """Every value present, down to the floats inside bbox and landmarks."""
+    for name in table.column_names:
+        column = table.column(name)
+        nulls = column.null_count
+        if pa.types.is_fixed_size_list(column.type) or pa.types.is_list(column.type):
+            nulls += sum(chunk.flatten().null_count for chunk in column.chunks)
+        if nulls:
+            raise DamagedShard(f"{part}: damaged shard, {nulls} null value(s) in column {name}")
+
 
 # Everything but the columns that only locate the video (already in ShardVideo).
 FACE_COLUMNS = [
@@ -87,6 +105,7 @@ class ShardFaceReader(Operator[ShardVideo, VideoFaces]):
                 filters=[("video_id", "in", video_ids)],
                 schema=FACE_SHARD_SCHEMA,
             )
+        _check_no_nulls(table, part)
         crops: dict[str, list[FaceCrop]] = defaultdict(list)
         for row in table.to_pylist():
             crops[row["video_id"]].append(

@@ -31,16 +31,19 @@ from operators.base import Operator, Resources
 from operators.list_videos import URI_ID_PREFIX
 from pipelines.config import ConfigError
 from schemas.arrow import VIDEO_SCANS_KEY, VIDEO_SCANS_SCHEMA
-from schemas.records import VideoFile, VideoRef, VideoScan, VideoStatus
+from schemas.records import TrainingRun, VideoFile, VideoRef, VideoScan, VideoStatus
 from schemas.warehouse import (
     RUN_STATUSES,
     SCAN_RUNS_KEY,
     SCAN_RUNS_SCHEMA,
+    TRAINING_RUNS_KEY,
+    TRAINING_RUNS_SCHEMA,
     VIDEO_URIS_KEY,
     VIDEO_URIS_REFRESHED,
     VIDEO_URIS_SCHEMA,
     quote_identifier,
     scan_runs_ddl,
+    training_runs_ddl,
     upsert_sql,
     validate_identifier,
     video_scans_ddl,
@@ -125,11 +128,13 @@ class Warehouse(abc.ABC):
         scans_table: str = "video_scans",
         runs_table: str = "scan_runs",
         uris_table: str = "video_uris",
+        training_table: str = "training_runs",
     ) -> None:
         self.url = url
         self.scans_table = validate_identifier(scans_table)
         self.runs_table = validate_identifier(runs_table)
         self.uris_table = validate_identifier(uris_table)
+        self.training_table = validate_identifier(training_table)
 
     # --- backend primitives -----------------------------------------------------------
 
@@ -168,10 +173,12 @@ class Warehouse(abc.ABC):
         self._execute(video_scans_ddl(self.dialect, self.scans_table))
         self._execute(scan_runs_ddl(self.dialect, self.runs_table))
         self._execute(video_uris_ddl(self.dialect, self.uris_table))
+        self._execute(training_runs_ddl(self.dialect, self.training_table))
         for table, schema in (
             (self.scans_table, VIDEO_SCANS_SCHEMA),
             (self.runs_table, SCAN_RUNS_SCHEMA),
             (self.uris_table, VIDEO_URIS_SCHEMA),
+            (self.training_table, TRAINING_RUNS_SCHEMA),
         ):
             found = {
                 r["column_name"]
@@ -376,6 +383,42 @@ class Warehouse(abc.ABC):
             sql += f" WHERE video_id = {self.placeholder}"
             params.append(video_id)
         return self._fetch(sql + " ORDER BY video_id, uri", params)
+
+    def record_training_run(self, run: TrainingRun) -> None:
+        """Insert or replace one training run by run_id: written once as ``running`` when
+        it starts and again when it ends, so a crashed run stays visible as running."""
+        values: dict[str, Any] = {n: getattr(run, n) for n in TRAINING_RUNS_SCHEMA.names}
+        values["started_at"] = datetime.fromtimestamp(run.started_at, tz=timezone.utc)
+        if run.ended_at is not None:
+            values["ended_at"] = datetime.fromtimestamp(run.ended_at, tz=timezone.utc)
+        params = [values[n] for n in TRAINING_RUNS_SCHEMA.names]
+        source = f"VALUES ({self._params(len(params))})"
+        self._execute(
+            upsert_sql(self.training_table, TRAINING_RUNS_SCHEMA, TRAINING_RUNS_KEY, source),
+            params,
+        )
+
+    def query_training_runs(
+        self, limit: int | None = 50, command: str | None = None, parent_run_id: str | None = None
+    ) -> list[Row]:
+        """Training runs newest first; JSON columns (config, metrics) stay text."""
+        where: list[str] = []
+        params: list[Any] = []
+        if command is not None:
+            where.append(f"command = {self.placeholder}")
+            params.append(command)
+        if parent_run_id is not None:
+            where.append(f"parent_run_id = {self.placeholder}")
+            params.append(parent_run_id)
+        cols = ", ".join(quote_identifier(n) for n in TRAINING_RUNS_SCHEMA.names)
+        sql = f"SELECT {cols} FROM {quote_identifier(self.training_table)}"
+        if where:
+            sql += " WHERE " + " AND ".join(where)
+        sql += " ORDER BY started_at DESC, run_id"
+        if _check_limit(limit) is not None:
+            sql += f" LIMIT {self.placeholder}"
+            params.append(limit)
+        return self._fetch(sql, params)
 
     def __enter__(self: _W) -> _W:
         return self

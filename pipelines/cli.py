@@ -29,6 +29,7 @@ from pipelines.config import (
     ScanConfig,
     ScorerConfig,
 )
+from pipelines.limits_cli import add_limit_arguments, limits_from_args
 
 DEFAULT_MODEL = "artifacts/starter.pt"
 DEFAULT_OUT = "out"
@@ -119,7 +120,12 @@ def register_scan(sub: Any) -> None:
         help="box enlargement (default: the checkpoint's, 1.3)",
     )
     p.add_argument("--rule", default=AggregateConfig.rule, choices=sorted(DECISION_RULES))
-    p.add_argument("--threshold", type=_fraction, default=0.5, help="FAKE at or above this")
+    p.add_argument(
+        "--threshold",
+        type=_fraction,
+        default=None,
+        help="FAKE at or above this (default: the checkpoint's calibrated threshold, else 0.5)",
+    )
     p.add_argument("--batch-size", type=_positive(int), default=64, help="faces per forward pass")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.add_argument(
@@ -129,11 +135,19 @@ def register_scan(sub: Any) -> None:
         help="per-video seconds for decode+detect",
     )
     p.add_argument("--max-bytes", type=_positive(int), default=LimitsConfig.max_bytes)
+    add_limit_arguments(p)
+    p.add_argument("--detector-sha256", help="sha256 of --detector-model (default: manifest's)")
     p.add_argument("--runner", default="local", help="engine: local (default), ray, beam")
     p.add_argument("--ray-address", help="connect to this Ray cluster (auto, ray://head:10001)")
     p.add_argument("--run-id", help="id of this run (default: time + random)")
     p.add_argument("--storage-options", help="JSON object passed to fsspec (e.g. endpoint)")
     p.add_argument("--pushgateway", help="Prometheus Pushgateway URL to push metrics to")
+    p.add_argument(
+        "--push-interval",
+        type=_positive(float),
+        default=15.0,
+        help="seconds between Pushgateway pushes during the scan (default: 15)",
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument(
         "--rescan",
@@ -160,6 +174,7 @@ def build_scan_config(args: argparse.Namespace) -> ScanConfig:
         det_size=args.det_size,
         score_threshold=args.det_threshold,
         device=args.device,
+        model_sha256=(args.detector_sha256 or "").lower(),
     )
     crop = CropConfig(scale=args.crop_scale)  # None: the checkpoint's crop scale
     return ScanConfig(
@@ -170,12 +185,17 @@ def build_scan_config(args: argparse.Namespace) -> ScanConfig:
         sampling=SamplingConfig.parse(args.frames),
         detector=detector,
         crop=crop,
-        limits=LimitsConfig(max_bytes=args.max_bytes, timeout_s=args.timeout),
+        limits=limits_from_args(args),
         scorer=ScorerConfig(checkpoint=model, device=args.device, batch_size=args.batch_size),
-        aggregate=AggregateConfig(rule=args.rule, threshold=args.threshold),
+        aggregate=AggregateConfig(
+            rule=args.rule,
+            threshold=AggregateConfig.threshold if args.threshold is None else args.threshold,
+        ),
+        threshold_from_model=args.threshold is None,
         storage_options=storage,
         engine=EngineConfig(args.runner, args.ray_address, tuple(args.beam_args)),
         pushgateway=args.pushgateway,
+        push_interval_s=args.push_interval,
         progress=not args.no_progress,
         rescan=args.rescan,
     )
@@ -238,7 +258,18 @@ def run_results_command(args: argparse.Namespace) -> int:
 
 # ---------------------------------------------------------------- wiring
 def build_parser() -> OneLineParser:
-    from pipelines import rescore, shards, train
+    from pipelines import (
+        calibrate,
+        dataset,
+        evaluate,
+        plan,
+        rescore,
+        runs,
+        shards,
+        train,
+        tune,
+        webui,
+    )
 
     parser = OneLineParser(prog="dfscan", description="Scan videos for deepfaked faces.")
     parser.add_argument("--version", action="version", version=f"dfscan {__version__}")
@@ -247,8 +278,15 @@ def build_parser() -> OneLineParser:
         register_scan,
         register_results,
         train.register,
+        tune.register,
+        evaluate.register,
+        calibrate.register,
+        runs.register,
+        dataset.register,
         rescore.register,
         shards.register,
+        webui.register,
+        plan.register,
     ):
         register(sub)
     return parser
@@ -269,6 +307,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as err:
         print(f"dfscan: error: {err}", file=sys.stderr)
         return 2
+    except OSError as err:
+        # Storage or network failure that outlived the client's own retries: one line,
+        # and a rerun resumes (committed work is skipped).
+        print(f"dfscan: error: {type(err).__name__}: {err}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("dfscan: interrupted", file=sys.stderr)
         return 130

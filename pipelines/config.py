@@ -84,6 +84,8 @@ class DetectorConfig:
     max_faces: int = 8  # per frame, largest first; crowds beyond this are not the use case
     min_face_px: int = 20  # shorter box side in px; smaller faces carry too little to classify
     device: str = "auto"  # auto|cpu|cuda: ONNX Runtime provider choice
+    # sha256 the model file must have; empty: the one operators/models/manifest.json lists
+    model_sha256: str = ""
 
     @classmethod
     def build(cls, name: str, model_path: str | None = None, **kw: object) -> DetectorConfig:
@@ -104,11 +106,47 @@ class CropConfig:
     jpeg_quality: int = 95  # high enough that the classifier sees little extra JPEG damage
 
 
+# Video codecs an upload may use: what phones, browsers and editors write. Every other
+# decoder (hundreds of rarely audited ones) never sees untrusted bytes.
+ALLOWED_VIDEO_CODECS: tuple[str, ...] = (
+    "h264",
+    "hevc",
+    "vp8",
+    "vp9",
+    "av1",
+    "mpeg4",
+    "mpeg1video",
+    "mpeg2video",
+    "mjpeg",
+    "gif",
+    "h263",
+    "flv1",
+    "vc1",
+    "wmv3",
+    "theora",
+    "prores",
+)
+
+
 @dataclass(frozen=True)
 class LimitsConfig:
+    """What one upload may cost, checked from the container header before any frame is
+    decoded: uploads are adversarial, and a header is the cheapest place to say no."""
+
     max_bytes: int = 4 * 1024**3  # larger files get `too_large` before any read
     timeout_s: float = 300.0  # per-video wall clock for decode+detect
-    max_pixels: int = 8192 * 8192  # per frame, from the header, before decode
+    # Per frame, from the header and as the decoder's own `max_pixels` (8K: a 16384x16384
+    # header is refused before FFmpeg allocates a frame buffer for it).
+    max_pixels: int = 8192 * 8192
+    max_duration_s: float = 6 * 3600.0  # a longer declared duration is a lying header
+    max_frames: int = 1_000_000  # declared or decoded; ~9 h at 30 fps
+    max_streams: int = 16  # video + audio/subtitle tracks; dozens is a crafted file
+    allowed_codecs: tuple[str, ...] = ALLOWED_VIDEO_CODECS  # FFmpeg codec ids (canonical)
+    # Decode+detect in a child process that a crash or hang costs, not the run.
+    isolate: bool = True
+    # Input URIs must sit under one of these (``file:///`` = any local file); empty:
+    # no restriction (the CLI always sets some, see ``--allow-prefix``).
+    allow_prefixes: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -152,9 +190,14 @@ class ScanConfig:
     storage_options: dict[str, object] = field(default_factory=dict)
     engine: EngineConfig = field(default_factory=EngineConfig)
     pushgateway: str | None = None
-    shard_max_videos: int = 64  # videos per face shard: ~2k faces, ~20 MB, one row group each
+    push_interval_s: float = 15.0  # Pushgateway push period; Prometheus scrapes it every 15 s
+    # Videos per face shard: ~500 faces, ~5-10 MB. Small enough that scoring (after the
+    # shard commit) starts soon after decoding, large enough to keep part counts sane.
+    shard_max_videos: int = 16
     progress: bool = True
     rescan: bool = False  # decode again what the warehouse has under this model version
+    # No --threshold given: use the checkpoint's calibrated threshold when it has one.
+    threshold_from_model: bool = False
 
     @property
     def crop_scale(self) -> float:
@@ -178,3 +221,5 @@ class RescoreConfig:
     engine: EngineConfig = field(default_factory=EngineConfig)
     rescan: bool = False  # score again videos that already have a row under this model
     progress: bool = True
+    # No --threshold given: use the checkpoint's calibrated threshold when it has one.
+    threshold_from_model: bool = False

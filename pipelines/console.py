@@ -16,6 +16,7 @@ from rich.progress import (
 )
 from rich.table import Table
 
+from operators.redact import redact
 from pipelines.config import RescoreConfig, ScanConfig
 from schemas.records import VideoScan
 
@@ -79,7 +80,7 @@ class ScanConsole:
                 f"skipped {skipped} already in the warehouse (--rescan to redo) · "
                 f"{duplicates} duplicate URIs of videos decoded once"
             )
-        self.console.print(f"warehouse {cfg.warehouse_url} · faces {cfg.faces_uri}")
+        self.console.print(f"warehouse {redact(cfg.warehouse_url)} · faces {cfg.faces_uri}")
 
 
 RESULT_COLUMNS = (

@@ -27,6 +27,7 @@ class ModelInfo:
     arch: str
     input_size: int
     crop_scale: float
+    threshold: float | None = None  # calibrated decision threshold (dfscan calibrate), if any
 
 
 def resolve_model(cfg: ScanConfig) -> ModelInfo:
@@ -35,21 +36,27 @@ def resolve_model(cfg: ScanConfig) -> ModelInfo:
     from operators.models.scorers import read_meta
 
     meta, sha = read_meta(cfg.scorer.checkpoint, cfg.storage_options or None)
-    return ModelInfo(model_version(meta, sha), meta.arch, meta.input_size, meta.crop_scale)
+    return ModelInfo(
+        model_version(meta, sha), meta.arch, meta.input_size, meta.crop_scale, meta.threshold
+    )
 
 
 def configure_for_model(cfg: ScanConfig, model: ModelInfo) -> ScanConfig:
     """Crops are cut the way the classifier was trained: its input size and crop scale."""
     scale = cfg.crop.scale if cfg.crop.scale is not None else model.crop_scale
     crop = dataclasses.replace(cfg.crop, size=model.input_size, scale=scale)
-    return dataclasses.replace(cfg, crop=crop)
+    aggregate = cfg.aggregate
+    if cfg.threshold_from_model and model.threshold is not None:
+        # A calibrated checkpoint carries the threshold chosen for its target FPR.
+        aggregate = dataclasses.replace(aggregate, threshold=model.threshold)
+    return dataclasses.replace(cfg, crop=crop, aggregate=aggregate)
 
 
 def build_operators(cfg: ScanConfig, model: ModelInfo) -> list[Operator]:
     """hash -> decode+detect -> face shards -> score -> aggregate -> warehouse."""
     opts = cfg.storage_options
     return [
-        VideoHasher(cfg.limits.max_bytes, opts),
+        VideoHasher(cfg.limits.max_bytes, opts, cfg.limits.allow_prefixes),
         FaceExtractor(cfg.sampling, cfg.detector, cfg.crop, cfg.limits, opts),
         FaceShardWriter(cfg.faces_uri, cfg.run_id, cfg.crop_scale, opts, cfg.shard_max_videos),
         FaceScorer(cfg.scorer, opts),

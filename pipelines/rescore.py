@@ -20,6 +20,7 @@ is refused (rescan instead); a different input size is fine (crops are resized).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import math
 import time
 from collections.abc import Callable
@@ -146,6 +147,11 @@ def run_rescore(
     started = time.time()
     meta, sha = read_meta(cfg.scorer.checkpoint, cfg.storage_options or None)
     version = model_version(meta, sha)
+    if cfg.threshold_from_model and meta.threshold is not None:
+        # A calibrated checkpoint carries the threshold chosen for its target FPR.
+        cfg = dataclasses.replace(
+            cfg, aggregate=dataclasses.replace(cfg.aggregate, threshold=meta.threshold)
+        )
     runner = RUNNERS[cfg.engine.name](cfg.engine)
     metrics = ScanMetrics()
     metrics.set_info(model_version=version, code_version=code_version(), runner=runner.name)
@@ -199,7 +205,12 @@ def register(sub: Any) -> None:
     p.add_argument("--model", required=True, help="the new classifier checkpoint")
     p.add_argument("--warehouse", help="warehouse URL (default: duckdb:///OUT/scans.duckdb)")
     p.add_argument("--rule", default=AggregateConfig.rule, choices=sorted(DECISION_RULES))
-    p.add_argument("--threshold", type=_fraction, default=0.5, help="FAKE at or above this")
+    p.add_argument(
+        "--threshold",
+        type=_fraction,
+        default=None,
+        help="FAKE at or above this (default: the checkpoint's calibrated threshold, else 0.5)",
+    )
     p.add_argument("--batch-size", type=_positive(int), default=64, help="faces per forward pass")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.add_argument("--runner", default="local", help="engine: local (default), ray, beam")
@@ -234,7 +245,11 @@ def build_rescore_config(args: argparse.Namespace) -> RescoreConfig:
         warehouse_url=warehouse,
         run_id=args.run_id or make_run_id(),
         scorer=ScorerConfig(checkpoint=args.model, device=args.device, batch_size=args.batch_size),
-        aggregate=AggregateConfig(rule=args.rule, threshold=args.threshold),
+        aggregate=AggregateConfig(
+            rule=args.rule,
+            threshold=AggregateConfig.threshold if args.threshold is None else args.threshold,
+        ),
+        threshold_from_model=args.threshold is None,
         storage_options=_storage_options(args.storage_options),
         engine=EngineConfig(args.runner, args.ray_address, tuple(getattr(args, "beam_args", ()))),
         rescan=args.rescan,

@@ -14,6 +14,7 @@ from typing import Any, Protocol
 from operators.base import Operator
 from operators.list_videos import VideoHasher, list_videos
 from operators.metrics import MetricsPusher, ScanMetrics
+from operators.redact import redact_values
 from pipelines import code_version
 from pipelines.config import EngineConfig, ScanConfig
 from pipelines.graph import ModelInfo, build_operators, configure_for_model, resolve_model
@@ -103,7 +104,8 @@ def record_row_metrics(metrics: ScanMetrics, row: VideoScan) -> None:
 def config_json(cfg: ScanConfig) -> str:
     d = asdict(cfg)
     d.pop("storage_options", None)  # may hold credentials: never recorded
-    return json.dumps(d, sort_keys=True, default=str)
+    # URL passwords (warehouse, Pushgateway, engine args) are masked, never recorded.
+    return json.dumps(redact_values(d), sort_keys=True, default=str)
 
 
 def run_scan(
@@ -116,7 +118,7 @@ def run_scan(
     started = time.time()
     model: ModelInfo = resolve_model(cfg)
     cfg = configure_for_model(cfg, model)
-    files = list(list_videos(cfg.input_uri, cfg.storage_options))
+    files = list(list_videos(cfg.input_uri, cfg.storage_options, cfg.limits.allow_prefixes))
     runner = RUNNERS[cfg.engine.name](cfg.engine)
     metrics = ScanMetrics()
     metrics.set_info(

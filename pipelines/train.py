@@ -1,36 +1,48 @@
-"""``dfscan train``: fit the starter face classifier on labelled face crops.
+"""``dfscan train``: fit a face classifier on labelled faces, one recipe for every engine.
 
 The split is by source video (a fake and the real video it was made from always land on
 the same side), because DFDC fakes share identity, background and lighting with their
 original: a random per-image split lets a model score well by remembering faces, which
 is memory, not detection. The split is written beside the checkpoint so anyone can
-re-evaluate on exactly the same held-out images.
+re-evaluate on exactly the same held-out images (``dfscan eval --split val``); a data
+set built by ``dfscan dataset build`` carries its own saved split, which is reused.
 
-The defaults are sized for ``make demo`` on a 2-core CPU (a few minutes); ``--max-minutes``
-is a safety valve that ends training early on a slower machine but still evaluates and
-saves. torch is imported inside ``run`` so ``dfscan --help`` starts fast.
+``fit`` is the one training loop: ``train`` runs it in this process, ``dfscan tune``
+runs it once per Ray Tune trial (reporting each epoch), ``--workers N`` runs it on N Ray
+Train workers with DistributedDataParallel. The defaults are sized for ``make demo`` on
+a 2-core CPU; ``--max-minutes`` ends training early on a slower machine but still
+evaluates and saves. torch is imported inside functions so ``dfscan --help`` starts fast.
 """
 
 from __future__ import annotations
 
 import argparse
-import csv
+import copy
+import dataclasses
 import json
 import math
+import random
 import sys
 import time
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from pipelines.config import ConfigError, shared_dir
+from pipelines.labelled_data import LabelRow, read_labels
 
 if TYPE_CHECKING:
     import numpy as np
     import torch
 
-LABEL_COLUMNS = ("image", "videoname", "label", "original")
+    from pipelines.labelled_data import FaceSet, LabelledFace
+
+__all__ = ["LabelRow", "read_labels"]  # re-exported: the labels.csv reader lives in labelled_data
+
 MOBILENET_IMAGENET = "models/imagenet/mobilenet_v2-b0353104.pth"
+DEFAULT_AUGMENT = ("hflip", "color")
+SBI_MODES = ("off", "mix", "only")
 
 
 @dataclass(frozen=True)
@@ -45,32 +57,50 @@ class Recipe:
 
 RECIPES: dict[str, Recipe] = {
     # Fine-tuned from ImageNet at 160 px: a train step costs ~12 ms/img on 2 CPU cores
-    # (channels_last) vs ~26 at 192 and ~70 at 224, so 8 epochs fit in ~3 minutes; more
-    # epochs at 160 beat fewer at 192 on source-split val AUC (0.84 vs 0.81 measured).
-    "mobilenet_v2": Recipe(image_size=160, epochs=8, batch_size=32, lr=1e-3),
+    # (channels_last) vs ~26 at 192 and ~70 at 224, so an epoch of the DFDC crops takes
+    # ~19 s; more epochs at 160 beat fewer at 192 on source-split val AUC. 12 epochs
+    # (~4.5 min) reached val AUC 0.863 where 8 reached 0.809 (same split and seed);
+    # SBI or re-encoding augmentations cost val AUC at this budget (0.77-0.79 at 8).
+    "mobilenet_v2": Recipe(image_size=160, epochs=12, batch_size=32, lr=1e-3),
     # No ImageNet weights ship for these two: native sizes, longer schedules, for GPUs.
     "resnet18": Recipe(image_size=224, epochs=20, batch_size=64, lr=1e-3),
     "xception": Recipe(image_size=299, epochs=20, batch_size=32, lr=5e-4),
 }
 
 
-@dataclass(frozen=True)
-class LabelRow:
-    image: str  # path relative to the data folder, as in labels.csv
-    videoname: str
-    label: str  # REAL / FAKE
-    original: str  # for fakes, the real video it was made from
+# ---------------------------------------------------------------- schedules
+def one_cycle_lr(progress: float, peak: float) -> float:
+    """Linear warm-up over the first 15% from peak/25, then cosine down to ~peak/1e4.
 
-    @property
-    def is_fake(self) -> bool:
-        return self.label == "FAKE"
-
-    @property
-    def source(self) -> str:
-        """The split group: a fake goes with its original, a real video is its own source."""
-        return self.original if self.is_fake and self.original else self.videoname
+    Written as a function of progress in [0, 1] (not a step counter) so that progress can
+    also be wall time when --max-minutes binds.
+    """
+    warm = 0.15
+    p = min(max(progress, 0.0), 1.0)
+    if p < warm:
+        return peak * (0.04 + 0.96 * p / warm)
+    t = (p - warm) / (1.0 - warm)
+    return peak * (1e-4 + (1.0 - 1e-4) * 0.5 * (1.0 + math.cos(math.pi * t)))
 
 
+def cosine_lr(progress: float, peak: float) -> float:
+    """A 3% warm-up (AdamW's first steps are noisy), then cosine from peak to ~0:
+    more time near the peak than one-cycle, for long runs from a good start."""
+    warm = 0.03
+    p = min(max(progress, 0.0), 1.0)
+    if p < warm:
+        return peak * (0.1 + 0.9 * p / warm)
+    t = (p - warm) / (1.0 - warm)
+    return peak * (1e-4 + (1.0 - 1e-4) * 0.5 * (1.0 + math.cos(math.pi * t)))
+
+
+SCHEDULES: dict[str, Callable[[float, float], float]] = {
+    "onecycle": one_cycle_lr,
+    "cosine": cosine_lr,
+}
+
+
+# ---------------------------------------------------------------- configuration
 @dataclass(frozen=True)
 class TrainConfig:
     data: Path
@@ -87,16 +117,53 @@ class TrainConfig:
     max_minutes: float
     limit: int | None
     num_threads: int
+    head_hidden: int = 0  # 0: linear head; N: one hidden layer (ReLU, batch-norm, dropout)
+    dropout: float | None = None  # on the pooled conv output; None: the arch's default
+    schedule: str = "onecycle"
+    patience: int = 0  # early stopping: epochs without a better val AUC; 0 = off
+    augment: tuple[str, ...] = DEFAULT_AUGMENT
+    sbi: str = "off"  # self-blended fakes: off | mix (with the data's fakes) | only (reals)
+    sbi_prob: float = 0.5  # chance a real training face becomes a self-blended fake
+    device: str = "auto"
+    amp: bool = True  # mixed precision on CUDA only; CPU trains in float32
+    deterministic: bool = False  # also force deterministic kernels (slower on GPU)
+    warehouse: str | None = None  # record the run in training_runs; None: not recorded
+    workers: int = 0  # >0: Ray Train data-parallel over this many workers
+    run_id: str = ""
+
+    def to_json(self) -> str:
+        d = dataclasses.asdict(self)
+        d["data"] = str(self.data)
+        d.pop("warehouse", None)  # a URL may carry a password: never recorded
+        return json.dumps(d, sort_keys=True)
 
 
 def register(subparsers: Any) -> None:
     """Add ``train`` to the dfscan CLI."""
     p = subparsers.add_parser(
         "train",
-        help="train the starter deepfake face classifier",
+        help="train a deepfake face classifier",
         description=__doc__.split("\n\n")[0] if __doc__ else None,
     )
-    p.add_argument("--data", required=True, help="folder with labels.csv and the face images")
+    add_train_arguments(p)
+    p.add_argument("--out", required=True, help="checkpoint path or fsspec URI")
+    p.add_argument("--epochs", type=int, default=None, help="default: the arch's recipe")
+    p.add_argument("--batch-size", type=int, default=None, help="default: the arch's recipe")
+    p.add_argument("--weight-decay", type=float, default=0.05, help="AdamW, on weights only")
+    p.add_argument("--dropout", type=float, default=None, help="default: the arch's")
+    p.add_argument("--head-hidden", type=int, default=0, help="hidden-layer head width; 0=linear")
+    p.add_argument("--schedule", default="onecycle", choices=sorted(SCHEDULES))
+    p.add_argument("--workers", type=int, default=0, help="Ray Train data-parallel workers")
+    p.set_defaults(func=run)
+
+
+def add_train_arguments(p: argparse.ArgumentParser) -> None:
+    """Flags ``train`` and ``tune`` share (tune searches over the others)."""
+    p.add_argument(
+        "--data",
+        required=True,
+        help="labels.csv crops folder, `dfscan dataset build` output, or FAKE/ REAL/ videos",
+    )
     p.add_argument("--arch", default="mobilenet_v2", choices=sorted(RECIPES))
     p.add_argument(
         "--pretrained",
@@ -104,39 +171,62 @@ def register(subparsers: Any) -> None:
         help="ImageNet state dict to start from (default: shared MobileNetV2 file for "
         "mobilenet_v2, none otherwise); 'none' forces random init",
     )
-    p.add_argument("--out", required=True, help="checkpoint path or fsspec URI")
-    p.add_argument("--epochs", type=int, default=None, help="default: the arch's recipe")
-    p.add_argument("--batch-size", type=int, default=None, help="default: the arch's recipe")
-    p.add_argument("--lr", type=float, default=None, help="peak learning rate (one-cycle)")
-    p.add_argument("--weight-decay", type=float, default=0.05)
+    p.add_argument("--lr", type=float, default=None, help="peak learning rate")
     p.add_argument("--image-size", type=int, default=None, help="default: the arch's recipe")
     p.add_argument("--val-fraction", type=float, default=0.2)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument(
         "--max-minutes",
         type=float,
-        default=4.0,
+        default=5.0,
         help="stop training after this wall time (still evaluates and saves)",
     )
     p.add_argument("--limit", type=int, default=None, help="use at most N images (tests)")
     p.add_argument("--num-threads", type=int, default=0, help="torch threads; 0 = all cores")
-    p.set_defaults(func=run)
+    p.add_argument(
+        "--augment",
+        default=",".join(DEFAULT_AUGMENT),
+        help="comma list of hflip,rotate_scale,perspective,color,downscale,jpeg,blur,erase"
+        f" | all | none (default: {','.join(DEFAULT_AUGMENT)})",
+    )
+    p.add_argument(
+        "--sbi",
+        nargs="?",
+        const="mix",
+        default="off",
+        choices=SBI_MODES,
+        help="self-blended fakes from real faces: mix (default when given) or only",
+    )
+    p.add_argument("--sbi-prob", type=float, default=0.5, help="chance a real becomes an SBI fake")
+    p.add_argument("--patience", type=int, default=0, help="early stop after N epochs w/o gain")
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--no-amp", action="store_true", help="no mixed precision on CUDA")
+    p.add_argument("--deterministic", action="store_true", help="deterministic kernels too")
+    p.add_argument("--warehouse", help="record the run in this warehouse's training_runs")
+    p.add_argument("--run-id", help="id of this run (default: time + random)")
 
 
 def build_config(args: argparse.Namespace) -> TrainConfig:
     """Validate CLI values once, with one-line errors, before anything heavy starts."""
+    from pipelines.augment import parse_augment
+    from pipelines.cli import new_run_id
+
     if args.arch not in RECIPES:
         raise ConfigError(f"unknown --arch {args.arch!r}: choose one of {', '.join(RECIPES)}")
     recipe = RECIPES[args.arch]
     data = Path(args.data)
-    if not (data / "labels.csv").is_file():
-        raise ConfigError(f"--data {data} has no labels.csv")
+    if not data.is_dir():
+        raise ConfigError(f"--data {data} is not a folder")
     pretrained = args.pretrained
     if pretrained is None:
         default = shared_dir() / MOBILENET_IMAGENET
         pretrained = str(default) if args.arch == "mobilenet_v2" and default.is_file() else None
     elif pretrained.lower() == "none":
         pretrained = None
+    try:
+        augment = parse_augment(args.augment)
+    except ValueError as err:
+        raise ConfigError(f"--augment: {err}") from None
     cfg = TrainConfig(
         data=data,
         arch=args.arch,
@@ -152,7 +242,26 @@ def build_config(args: argparse.Namespace) -> TrainConfig:
         max_minutes=args.max_minutes,
         limit=args.limit,
         num_threads=args.num_threads,
+        head_hidden=args.head_hidden,
+        dropout=args.dropout,
+        schedule=args.schedule,
+        patience=args.patience,
+        augment=augment,
+        sbi=args.sbi,
+        sbi_prob=args.sbi_prob,
+        device=args.device,
+        amp=not args.no_amp,
+        deterministic=args.deterministic,
+        warehouse=args.warehouse,
+        workers=args.workers,
+        run_id=args.run_id or new_run_id(),
     )
+    validate(cfg)
+    return cfg
+
+
+def validate(cfg: TrainConfig) -> None:
+    """One-line ConfigErrors for values no run could use (shared by train and tune)."""
     if cfg.epochs < 1:
         raise ConfigError(f"--epochs must be >= 1, got {cfg.epochs}")
     if cfg.batch_size < 2:
@@ -173,38 +282,38 @@ def build_config(args: argparse.Namespace) -> TrainConfig:
         )
     if cfg.num_threads < 0:
         raise ConfigError(f"--num-threads must be >= 0, got {cfg.num_threads}")
-    return cfg
+    if cfg.head_hidden < 0:
+        raise ConfigError(f"--head-hidden must be >= 0, got {cfg.head_hidden}")
+    if cfg.dropout is not None and not 0.0 <= cfg.dropout < 1.0:
+        raise ConfigError(f"--dropout must be in [0, 1), got {cfg.dropout}")
+    if cfg.schedule not in SCHEDULES:
+        raise ConfigError(f"unknown --schedule {cfg.schedule!r}: one of {', '.join(SCHEDULES)}")
+    if cfg.patience < 0:
+        raise ConfigError(f"--patience must be >= 0, got {cfg.patience}")
+    if cfg.sbi not in SBI_MODES:
+        raise ConfigError(f"unknown --sbi {cfg.sbi!r}: choose one of {', '.join(SBI_MODES)}")
+    if not 0.0 < cfg.sbi_prob <= 1.0:
+        raise ConfigError(f"--sbi-prob must be in (0, 1], got {cfg.sbi_prob}")
+    if cfg.workers < 0:
+        raise ConfigError(f"--workers must be >= 0, got {cfg.workers}")
 
 
-def read_labels(data: Path) -> list[LabelRow]:
-    """Rows of ``labels.csv``; a missing column or unknown label is a one-line ConfigError."""
-    path = data / "labels.csv"
-    with path.open(newline="") as f:
-        reader = csv.DictReader(f)
-        missing = set(LABEL_COLUMNS) - set(reader.fieldnames or ())
-        if missing:
-            raise ConfigError(f"{path} lacks column(s) {', '.join(sorted(missing))}")
-        rows = [LabelRow(*(str(r[c] or "").strip() for c in LABEL_COLUMNS)) for r in reader]
-    bad = sorted({r.label for r in rows} - {"REAL", "FAKE"})
-    if bad:
-        raise ConfigError(f"{path} has labels {bad}; expected REAL or FAKE")
-    if not rows:
-        raise ConfigError(f"{path} has no rows")
-    return rows
+# ---------------------------------------------------------------- data
+G = TypeVar("G")
 
 
-def limit_rows(rows: list[LabelRow], limit: int | None, seed: int) -> list[LabelRow]:
+def limit_rows(rows: list[G], limit: int | None, seed: int) -> list[G]:
     """At most ``limit`` rows, taken whole source groups at a time so pairs stay together."""
     if limit is None or limit >= len(rows):
         return rows
     import numpy as np
 
-    groups: dict[str, list[LabelRow]] = {}
+    groups: dict[str, list[G]] = {}
     for r in rows:
-        groups.setdefault(r.source, []).append(r)
+        groups.setdefault(r.source, []).append(r)  # type: ignore[attr-defined]
     order = np.random.default_rng(seed).permutation(len(groups))
     keys = list(groups)
-    picked: list[LabelRow] = []
+    picked: list[G] = []
     for i in order:
         g = groups[keys[i]]
         if len(picked) + len(g) > limit:
@@ -215,13 +324,11 @@ def limit_rows(rows: list[LabelRow], limit: int | None, seed: int) -> list[Label
     return picked
 
 
-def split_by_source(
-    rows: list[LabelRow], val_fraction: float, seed: int
-) -> tuple[list[LabelRow], list[LabelRow]]:
+def split_by_source(rows: list[G], val_fraction: float, seed: int) -> tuple[list[G], list[G]]:
     """Train/val split by source video with GroupShuffleSplit (see module docstring)."""
     from sklearn.model_selection import GroupShuffleSplit
 
-    groups = [r.source for r in rows]
+    groups = [r.source for r in rows]  # type: ignore[attr-defined]
     if len(set(groups)) < 2:
         raise ConfigError("need images from at least two source videos to split train/val")
     gss = GroupShuffleSplit(n_splits=1, test_size=val_fraction, random_state=seed)
@@ -229,61 +336,136 @@ def split_by_source(
     return [rows[i] for i in train_idx], [rows[i] for i in val_idx]
 
 
-def load_images(data: Path, rows: list[LabelRow], size: int) -> np.ndarray:
-    """All crops as uint8 RGB (N, size, size, 3) in memory: ~150 MB for DFDC224 at 160 px.
+@dataclass
+class TrainData:
+    """Decoded training and validation faces, in memory (~150 MB for DFDC224 at 160 px)."""
 
-    Goes through ``decode_crops`` so training sees the same pixels a scan feeds the model.
-    """
-    from operators.score_faces import decode_crops
-
-    jpegs = []
-    for r in rows:
-        path = data / r.image
-        try:
-            jpegs.append(path.read_bytes())
-        except FileNotFoundError:
-            raise ConfigError(f"image listed in labels.csv is missing: {path}") from None
-    return decode_crops(jpegs, size)
+    faceset: FaceSet
+    train: list[LabelledFace]
+    val: list[LabelledFace]
+    x_train: np.ndarray
+    y_train: np.ndarray
+    x_val: np.ndarray
+    y_val: np.ndarray
+    data_hash: str
+    split_how: str
 
 
-def _augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
-    """Light, label-preserving changes: horizontal flip and +-10% brightness/contrast.
+def split_faces(
+    faceset: FaceSet, cfg: TrainConfig
+) -> tuple[list[LabelledFace], list[LabelledFace], str]:
+    """The saved split of a built data set, else a fresh split by source video."""
+    faces = limit_rows(list(faceset.faces), cfg.limit, cfg.seed)
+    if faces and all(f.split for f in faces):
+        train = [f for f in faces if f.split == "train"]
+        val = [f for f in faces if f.split == "val"]
+        if not train or not val:
+            raise ConfigError(f"data set {faceset.root} has an empty train or val split")
+        return train, val, "the data set's saved split (by source video)"
+    train, val = split_by_source(faces, cfg.val_fraction, cfg.seed)
+    return train, val, f"split by source video (seed {cfg.seed}, val {cfg.val_fraction:g})"
 
-    Stronger colour or blur augmentation would also erase the blending artefacts the
-    model is supposed to find.
-    """
+
+def load_data(cfg: TrainConfig, *, write_split: bool = True) -> TrainData:
+    """Open, split and decode the faces; write the split beside the checkpoint."""
+    import fsspec
+    import numpy as np
+
+    from pipelines.labelled_data import open_faces
+
+    faceset = open_faces(cfg.data, size=cfg.image_size)
+    train, val, how = split_faces(faceset, cfg)
+    if write_split:
+        split = {
+            "data": str(cfg.data),
+            "layout": faceset.layout,
+            "group": "source video: a fake's original, a real video itself",
+            "how": how,
+            "val_fraction": cfg.val_fraction,
+            "seed": cfg.seed,
+            "train": [f.key for f in train],
+            "val": [f.key for f in val],
+        }
+        fs, split_path = fsspec.core.url_to_fs(split_uri(cfg.out))
+        parent = split_path.rsplit("/", 1)[0] if "/" in split_path else ""
+        if parent:
+            fs.makedirs(parent, exist_ok=True)
+        with fs.open(split_path, "w") as f:
+            json.dump(split, f, indent=1)
+    if cfg.sbi == "only":
+        train = [f for f in train if not f.is_fake]  # fakes come from self-blending only
+    x_train = faceset.images(train, cfg.image_size)
+    x_val = faceset.images(val, cfg.image_size)
+    return TrainData(
+        faceset=faceset,
+        train=train,
+        val=val,
+        x_train=x_train,
+        y_train=np.array([f.is_fake for f in train], dtype=np.float32),
+        x_val=x_val,
+        y_val=np.array([f.is_fake for f in val], dtype=np.float32),
+        data_hash=faceset.data_hash([*train, *val]),
+        split_how=how,
+    )
+
+
+def split_uri(out: str) -> str:
+    return out + ".split.json"
+
+
+# ---------------------------------------------------------------- the loop
+@dataclass(frozen=True)
+class Distributed:
+    """Where this copy of the loop runs: rank 0 of 1 unless Ray Train started it."""
+
+    rank: int = 0
+    world_size: int = 1
+
+    def share(self, values: Sequence[float]) -> list[float]:
+        """Rank 0's values on every rank, so decisions (LR, stop) never diverge."""
+        if self.world_size == 1:
+            return list(values)
+        import torch
+        import torch.distributed as dist
+
+        t = torch.tensor(list(values), dtype=torch.float64)
+        dist.broadcast(t, src=0)
+        return [float(v) for v in t.tolist()]
+
+
+# Called after each epoch with the metrics and the (unwrapped) network: Tune's report.
+EpochHook = Callable[[int, dict[str, float], "torch.nn.Module"], None]
+
+
+@dataclass
+class FitResult:
+    net: Any  # torch.nn.Module, unwrapped, on CPU, contiguous format
+    metrics: dict[str, float]
+    history: list[dict[str, float]] = field(default_factory=list)
+    stopped_early: bool = False
+    best_epoch: int = 0
+
+
+def seed_everything(seed: int, deterministic: bool) -> None:
+    """Same seed, same run: Python, numpy and torch RNGs, and optionally the kernels."""
+    import numpy as np
     import torch
 
-    n = x.shape[0]
-    flip = torch.rand(n, generator=gen) < 0.5
-    x = torch.where(flip.view(n, 1, 1, 1), x.flip(3), x)
-    brightness = 1.0 + (torch.rand(n, 1, 1, 1, generator=gen) - 0.5) * 0.2
-    contrast = 1.0 + (torch.rand(n, 1, 1, 1, generator=gen) - 0.5) * 0.2
-    mean = x.mean(dim=(1, 2, 3), keepdim=True)
-    x = (x - mean) * contrast + mean * brightness
-    return x.clamp_(0.0, 255.0)
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    if deterministic:
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        torch.backends.cudnn.benchmark = False
 
 
-def one_cycle_lr(progress: float, peak: float) -> float:
-    """Linear warm-up over the first 15% from peak/25, then cosine down to ~peak/1e4.
-
-    Written as a function of progress in [0, 1] (not a step counter) so that progress can
-    also be wall time when --max-minutes binds.
-    """
-    warm = 0.15
-    p = min(max(progress, 0.0), 1.0)
-    if p < warm:
-        return peak * (0.04 + 0.96 * p / warm)
-    t = (p - warm) / (1.0 - warm)
-    return peak * (1e-4 + (1.0 - 1e-4) * 0.5 * (1.0 + math.cos(math.pi * t)))
-
-
-def _evaluate(
+def evaluate_net(
     net: torch.nn.Module,
     images: np.ndarray,
     labels: np.ndarray,
-    normalise: Any,
+    normalise: Callable[[torch.Tensor], torch.Tensor],
     batch_size: int,
+    device: torch.device,
 ) -> dict[str, float]:
     """Validation loss, ROC AUC and accuracy at 0.5 on held-out source videos."""
     import numpy as np
@@ -294,9 +476,9 @@ def _evaluate(
     logits = []
     with torch.inference_mode():
         for s in range(0, len(images), batch_size):
-            x = torch.from_numpy(images[s : s + batch_size]).permute(0, 3, 1, 2).float()
-            logits.append(net(normalise(x)).reshape(-1))
-    z = torch.cat(logits)
+            x = torch.from_numpy(images[s : s + batch_size]).to(device)
+            logits.append(net(normalise(x.permute(0, 3, 1, 2).float())).float().reshape(-1))
+    z = torch.cat(logits).cpu()
     y = torch.from_numpy(labels)
     loss = torch.nn.functional.binary_cross_entropy_with_logits(z, y).item()
     probs = torch.sigmoid(z).numpy()
@@ -305,79 +487,49 @@ def _evaluate(
     return {"val_loss": loss, "val_auc": auc, "val_acc": acc}
 
 
-def _code_version() -> str:
-    from importlib.metadata import PackageNotFoundError, version
+def fit(
+    cfg: TrainConfig,
+    data: TrainData,
+    *,
+    dist: Distributed | None = None,
+    on_epoch: EpochHook | None = None,
+    log: Callable[[str], None] = print,
+) -> FitResult:
+    """The training loop every engine runs: AdamW, LR schedule, augmentation, SBI,
+    early stopping on val AUC, AMP on CUDA, DDP when ``dist.world_size > 1``."""
+    import contextlib
 
-    try:
-        return f"dfscan {version('dfscan')}"
-    except PackageNotFoundError:
-        return "dfscan (not installed)"
-
-
-def _training_data(cfg: TrainConfig, n_train: int, n_val: int) -> str:
-    text = (
-        f"{cfg.data} labels.csv: {n_train} train / {n_val} val face crops, "
-        f"split by source video (seed {cfg.seed})"
-    )
-    if "dfdc" in str(cfg.data).lower():
-        text += "; DFDC research-only terms (Deepfake Detection Challenge dataset licence)"
-    return text
-
-
-def train(cfg: TrainConfig) -> dict[str, float]:
-    """Run the whole recipe; return the validation metrics stored in the checkpoint."""
-    import fsspec
     import numpy as np
     import torch
 
-    from operators.models.checkpoints import CheckpointMeta, save_checkpoint
-    from operators.models.scorers import arch_spec, available_cpus, build_network
+    from operators.models.scorers import arch_spec, available_cpus, build_network, resolve_device
+    from pipelines.augment import augment_batch
 
+    dist = dist or Distributed()
     started = time.monotonic()
     deadline = started + cfg.max_minutes * 60.0
-    torch.manual_seed(cfg.seed)
-    np.random.seed(cfg.seed)
+    seed_everything(cfg.seed, cfg.deterministic)
     torch.set_num_threads(cfg.num_threads or available_cpus())
-
+    device = resolve_device(cfg.device)
     spec = arch_spec(cfg.arch)
-    # Built first so a wrong --pretrained file fails before minutes of image loading.
-    net = build_network(cfg.arch, cfg.pretrained)
-    rows = limit_rows(read_labels(cfg.data), cfg.limit, cfg.seed)
-    train_rows, val_rows = split_by_source(rows, cfg.val_fraction, cfg.seed)
-    split_uri = cfg.out + ".split.json"
-    split = {
-        "data": str(cfg.data),
-        "group": "original for FAKE, videoname for REAL",
-        "val_fraction": cfg.val_fraction,
-        "seed": cfg.seed,
-        "train": [r.image for r in train_rows],
-        "val": [r.image for r in val_rows],
-    }
-    fs, split_path = fsspec.core.url_to_fs(split_uri)
-    parent = split_path.rsplit("/", 1)[0] if "/" in split_path else ""
-    if parent:
-        fs.makedirs(parent, exist_ok=True)
-    with fs.open(split_path, "w") as f:
-        json.dump(split, f, indent=1)
+    net = build_network(cfg.arch, cfg.pretrained, hidden=cfg.head_hidden, dropout=cfg.dropout)
 
-    x_train = load_images(cfg.data, train_rows, cfg.image_size)
-    x_val = load_images(cfg.data, val_rows, cfg.image_size)
-    y_train = np.array([r.is_fake for r in train_rows], dtype=np.float32)
-    y_val = np.array([r.is_fake for r in val_rows], dtype=np.float32)
-    print(
-        f"data: {len(train_rows)} train ({int(y_train.sum())} fake) / {len(val_rows)} val "
-        f"({int(y_val.sum())} fake) at {cfg.image_size}px, loaded in "
-        f"{time.monotonic() - started:.1f}s",
-        flush=True,
-    )
-
-    scale = (1.0 / (255.0 * torch.tensor(spec.std))).view(1, 3, 1, 1)
-    shift = (-torch.tensor(spec.mean) / torch.tensor(spec.std)).view(1, 3, 1, 1)
+    scale = (1.0 / (255.0 * torch.tensor(spec.std))).view(1, 3, 1, 1).to(device)
+    shift = (-torch.tensor(spec.mean) / torch.tensor(spec.std)).view(1, 3, 1, 1).to(device)
 
     def normalise(x: torch.Tensor) -> torch.Tensor:
         return (x * scale + shift).contiguous(memory_format=torch.channels_last)
 
-    net = net.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
+    net = net.to(device, memory_format=torch.channels_last)  # type: ignore[call-overload]
+    model: torch.nn.Module = net
+    if dist.world_size > 1:
+        from torch.nn.parallel import DistributedDataParallel
+
+        # Ray Train gives each worker its own GPU as "cuda" (CUDA_VISIBLE_DEVICES).
+        ids = None
+        if device.type == "cuda":
+            ids = [device.index if device.index is not None else torch.cuda.current_device()]
+        model = DistributedDataParallel(net, device_ids=ids)
     # No weight decay on norms and biases: decaying BN scales only fights the normalisation.
     decay = [p for p in net.parameters() if p.ndim > 1]
     no_decay = [p for p in net.parameters() if p.ndim <= 1]
@@ -388,42 +540,63 @@ def train(cfg: TrainConfig) -> dict[str, float]:
         ],
         lr=cfg.lr,
     )
-    # Whole batches only (BatchNorm); the <batch_size leftover differs each epoch by shuffle.
-    steps_per_epoch = max(1, len(x_train) // cfg.batch_size)
+    use_amp = cfg.amp and device.type == "cuda"
+    amp_dtype = torch.float16
+    if use_amp and torch.cuda.is_bf16_supported():
+        amp_dtype = torch.bfloat16
+    scaler = torch.amp.GradScaler("cuda", enabled=use_amp and amp_dtype == torch.float16)
+    lr_at = SCHEDULES[cfg.schedule]
+    # The global batch is split over the workers, so N workers take the same steps as one.
+    local_batch = max(2, cfg.batch_size // dist.world_size)
+    # Whole batches only (BatchNorm); the leftover differs each epoch by shuffle.
+    steps_per_epoch = max(1, len(data.x_train) // (local_batch * dist.world_size))
     total_steps = cfg.epochs * steps_per_epoch
+    sbi_prob = cfg.sbi_prob if cfg.sbi != "off" else 0.0
+    loss_fn = torch.nn.BCEWithLogitsLoss()
+    gen = torch.Generator().manual_seed(cfg.seed)  # same order on every rank
+
     train_started = time.monotonic()
     reserve = 0.0  # seconds kept back for the last evaluation and the save
-    loss_fn = torch.nn.BCEWithLogitsLoss()
-    gen = torch.Generator().manual_seed(cfg.seed)
-    y_train_t = torch.from_numpy(y_train)
-
     metrics: dict[str, float] = {}
+    history: list[dict[str, float]] = []
+    best_auc, best_epoch, best_state = -1.0, 0, None
+    stale = 0
     epochs_run = 0.0
     stopped_early = False
     global_step = 0
+    step_seconds = 0.0
     for group in opt.param_groups:
-        group["lr"] = one_cycle_lr(0.0, cfg.lr)
+        group["lr"] = lr_at(0.0, cfg.lr)
     for epoch in range(cfg.epochs):
-        net.train()
-        order = torch.randperm(len(x_train), generator=gen)
+        model.train()
+        order = torch.randperm(len(data.x_train), generator=gen).numpy()
+        rng = np.random.default_rng([cfg.seed, epoch, dist.rank])  # augmentation draws
         total, seen, steps = 0.0, 0, 0
+        epoch_started = time.monotonic()
         for step in range(steps_per_epoch):
-            idx = order[step * cfg.batch_size : (step + 1) * cfg.batch_size]
+            first = (step * dist.world_size + dist.rank) * local_batch
+            idx = np.sort(order[first : first + local_batch])
             if len(idx) < 2:
                 break
-            x = torch.from_numpy(x_train[idx.numpy()]).permute(0, 3, 1, 2).float()
-            x = normalise(_augment(x, gen))
-            y = y_train_t[idx]
-            loss = loss_fn(net(x).reshape(-1), y)
+            images, labels = augment_batch(
+                data.x_train[idx], data.y_train[idx], cfg.augment, rng, sbi_prob
+            )
+            x = torch.from_numpy(images).to(device, non_blocking=True)
+            y = torch.from_numpy(labels).to(device)
+            x = normalise(x.permute(0, 3, 1, 2).float())
+            amp = torch.autocast("cuda", dtype=amp_dtype) if use_amp else contextlib.nullcontext()
+            with amp:
+                loss = loss_fn(model(x).float().reshape(-1), y)
             opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
+            scaler.scale(loss).backward()
+            scaler.step(opt)
+            scaler.update()
             global_step += 1
             # The schedule follows whichever runs out first, steps or --max-minutes, so a
             # slow machine still ends on an annealed model rather than mid-peak.
             budget = max(deadline - reserve - train_started, 1e-3)
-            time_frac = (time.monotonic() - train_started) / budget
-            lr = one_cycle_lr(max(global_step / total_steps, time_frac), cfg.lr)
+            (time_frac,) = dist.share([(time.monotonic() - train_started) / budget])
+            lr = lr_at(max(global_step / total_steps, time_frac), cfg.lr)
             for group in opt.param_groups:
                 group["lr"] = lr
             total += loss.item() * len(idx)
@@ -434,59 +607,208 @@ def train(cfg: TrainConfig) -> dict[str, float]:
                 break
         epochs_run = epoch + steps / steps_per_epoch
         eval_started = time.monotonic()
-        metrics = _evaluate(net, x_val, y_val, normalise, 2 * cfg.batch_size)
+        step_seconds += eval_started - epoch_started  # augmentation + forward + backward
+        metrics = evaluate_net(net, data.x_val, data.y_val, normalise, 2 * local_batch, device)
+        metrics["val_auc"], metrics["val_loss"], metrics["val_acc"] = dist.share(
+            [metrics["val_auc"], metrics["val_loss"], metrics["val_acc"]]
+        )
         # Keep room for one more evaluation plus the save, so --max-minutes bounds the run.
         reserve = 1.5 * (time.monotonic() - eval_started) + 2.0
         metrics["train_loss"] = total / max(seen, 1)
-        print(
+        metrics["epoch"] = float(epoch + 1)
+        history.append(dict(metrics))
+        log(
             f"epoch {epoch + 1}/{cfg.epochs} train_loss={metrics['train_loss']:.4f} "
             f"val_loss={metrics['val_loss']:.4f} val_auc={metrics['val_auc']:.4f} "
-            f"val_acc={metrics['val_acc']:.4f} elapsed={time.monotonic() - started:.0f}s",
-            flush=True,
+            f"val_acc={metrics['val_acc']:.4f} lr={lr:.2e} "
+            f"elapsed={time.monotonic() - started:.0f}s"
         )
+        auc = metrics["val_auc"] if not math.isnan(metrics["val_auc"]) else -1.0
+        if auc > best_auc:
+            best_auc, best_epoch, stale = auc, epoch + 1, 0
+            if cfg.patience:
+                best_state = copy.deepcopy(net.state_dict())
+        else:
+            stale += 1
+        if on_epoch is not None:
+            on_epoch(epoch + 1, dict(metrics), net)
         if stopped_early:
-            print(f"stopped after {epochs_run:.2f} epochs: --max-minutes {cfg.max_minutes} reached")
+            log(f"stopped after {epochs_run:.2f} epochs: --max-minutes {cfg.max_minutes} reached")
             break
-
+        if cfg.patience and stale >= cfg.patience and epoch + 1 < cfg.epochs:
+            log(f"early stop: no val AUC gain in {cfg.patience} epochs (best: epoch {best_epoch})")
+            stopped_early = True
+            break
+    if best_state is not None and best_epoch != len(history):
+        # Early stopping keeps the best epoch's weights, and reports that epoch's numbers.
+        net.load_state_dict(best_state)
+        metrics.update({k: v for k, v in history[best_epoch - 1].items() if k.startswith("val_")})
     metrics.update(
         epochs_run=float(epochs_run),
-        n_train=float(len(train_rows)),
-        n_val=float(len(val_rows)),
+        best_epoch=float(best_epoch),
         train_seconds=time.monotonic() - started,
+        # Images through the optimiser per second of training steps (validation excluded).
+        train_images_per_s=global_step * local_batch * dist.world_size / max(step_seconds, 1e-9),
     )
-    meta = CheckpointMeta(
+    net = net.cpu().to(memory_format=torch.contiguous_format)  # type: ignore[call-overload]
+    return FitResult(net, metrics, history, stopped_early, best_epoch)
+
+
+# ---------------------------------------------------------------- checkpoint + records
+def training_data_text(cfg: TrainConfig, data: TrainData) -> str:
+    text = (
+        f"{cfg.data} ({data.faceset.layout}): {len(data.train)} train / {len(data.val)} val "
+        f"faces, {data.split_how}"
+    )
+    if cfg.sbi != "off":
+        text += f"; self-blended fakes ({cfg.sbi}, p={cfg.sbi_prob:g})"
+    if "dfdc" in str(cfg.data).lower():
+        text += "; DFDC research-only terms (Deepfake Detection Challenge dataset licence)"
+    return text
+
+
+def checkpoint_meta(cfg: TrainConfig, data: TrainData, result: FitResult) -> Any:
+    """The checkpoint's metadata: preprocessing, provenance, and the recipe's switches."""
+    from operators.models.checkpoints import CheckpointMeta
+    from operators.models.scorers import arch_spec
+    from pipelines import code_version
+
+    spec = arch_spec(cfg.arch)
+    metrics = dict(result.metrics)
+    metrics.update(n_train=float(len(data.train)), n_val=float(len(data.val)))
+    return CheckpointMeta(
         arch=cfg.arch,
         input_size=cfg.image_size,
         mean=spec.mean,
         std=spec.std,
         crop_scale=1.3,
-        training_data=_training_data(cfg, len(train_rows), len(val_rows)),
+        training_data=training_data_text(cfg, data),
         metrics=metrics,
         created_at=time.time(),
-        code_version=_code_version(),
+        code_version=code_version(),
         extra={
-            "head_hidden": "0",
+            "head_hidden": str(cfg.head_hidden),
+            "dropout": str(cfg.dropout if cfg.dropout is not None else spec.dropout),
             "pretrained": Path(cfg.pretrained).name if cfg.pretrained else "none",
-            "split": split_uri,
+            "split": split_uri(cfg.out),
             "epochs": str(cfg.epochs),
-            "stopped_early": str(stopped_early).lower(),
+            "stopped_early": str(result.stopped_early).lower(),
+            "best_epoch": str(result.best_epoch),
             "lr": str(cfg.lr),
+            "schedule": cfg.schedule,
+            "weight_decay": str(cfg.weight_decay),
             "batch_size": str(cfg.batch_size),
+            "augment": ",".join(cfg.augment) or "none",
+            "sbi": cfg.sbi if cfg.sbi == "off" else f"{cfg.sbi}:{cfg.sbi_prob:g}",
             "seed": str(cfg.seed),
+            "data_hash": data.data_hash,
+            "run_id": cfg.run_id,
         },
     )
-    net = net.to(memory_format=torch.contiguous_format)  # type: ignore[call-overload]
-    sha = save_checkpoint(net.state_dict(), meta, cfg.out)
-    print(f"wrote {cfg.out} (sha256 {sha[:12]}) and {split_uri}")
-    auc = metrics["val_auc"]
-    print(f"val_auc={auc:.4f} val_acc={metrics['val_acc']:.4f}", flush=True)
+
+
+def save_model(cfg: TrainConfig, data: TrainData, result: FitResult, uri: str | None = None) -> str:
+    from operators.models.checkpoints import save_checkpoint
+
+    return save_checkpoint(
+        result.net.state_dict(), checkpoint_meta(cfg, data, result), uri or cfg.out
+    )
+
+
+def record_run(
+    url: str | None,
+    cfg: TrainConfig,
+    *,
+    command: str,
+    status: str,
+    started_at: float,
+    data_hash: str = "",
+    metrics: dict[str, float] | None = None,
+    artifact: str | None = None,
+    error: str | None = None,
+    parent: str | None = None,
+    ended: bool = True,
+    ended_at: float | None = None,
+) -> None:
+    """Upsert the run's ``training_runs`` row (no-op without a warehouse URL)."""
+    if not url:
+        return
+    from operators.write_warehouse import build_warehouse
+    from pipelines import code_version
+    from schemas.records import TrainingRun
+
+    clean = {
+        k: (None if isinstance(v, float) and math.isnan(v) else v)
+        for k, v in (metrics or {}).items()
+    }
+    row = TrainingRun(
+        run_id=cfg.run_id,
+        command=command,
+        status=status,
+        config=cfg.to_json(),
+        data_hash=data_hash,
+        code_version=code_version(),
+        started_at=started_at,
+        ended_at=(ended_at or time.time()) if ended else None,
+        metrics=json.dumps(clean, sort_keys=True) if metrics is not None else None,
+        artifact_uri=artifact,
+        parent_run_id=parent,
+        error=error,
+    )
+    warehouse = build_warehouse(url)
+    try:
+        warehouse.ensure_schema()
+        warehouse.record_training_run(row)
+    finally:
+        warehouse.close()  # DuckDB: never hold the file while training
+
+
+def train(cfg: TrainConfig) -> dict[str, float]:
+    """Run the whole recipe in this process; return the metrics stored in the checkpoint."""
+    if cfg.workers > 0:
+        from pipelines.ray_train import train_distributed
+
+        return train_distributed(cfg)
+    from operators.models.scorers import build_network
+
+    started_at = time.time()
+    # Built first so a wrong --pretrained file fails before minutes of image loading.
+    build_network(cfg.arch, cfg.pretrained, hidden=cfg.head_hidden, dropout=cfg.dropout)
+    record_run(
+        cfg.warehouse, cfg, command="train", status="running", started_at=started_at, ended=False
+    )
+    data_hash = ""
+    try:
+        t0 = time.monotonic()
+        data = load_data(cfg)
+        data_hash = data.data_hash
+        print(
+            f"data: {len(data.train)} train ({int(data.y_train.sum())} fake) / {len(data.val)} "
+            f"val ({int(data.y_val.sum())} fake) at {cfg.image_size}px, {data.split_how}, "
+            f"loaded in {time.monotonic() - t0:.1f}s",
+            flush=True,
+        )
+        result = fit(cfg, data, log=lambda s: print(s, flush=True))
+        sha = save_model(cfg, data, result)
+    except BaseException as exc:
+        record_run(
+            cfg.warehouse, cfg, command="train", status="failed", started_at=started_at,
+            data_hash=data_hash, error=f"{type(exc).__name__}: {exc}",
+        )  # fmt: skip
+        raise
+    metrics = dict(result.metrics, n_train=float(len(data.train)), n_val=float(len(data.val)))
+    record_run(
+        cfg.warehouse, cfg, command="train", status="succeeded", started_at=started_at,
+        data_hash=data.data_hash, metrics=metrics, artifact=cfg.out,
+    )  # fmt: skip
+    print(f"wrote {cfg.out} (sha256 {sha[:12]}) and {split_uri(cfg.out)}")
+    print(f"val_auc={metrics['val_auc']:.4f} val_acc={metrics['val_acc']:.4f}", flush=True)
     return metrics
 
 
 def run(args: argparse.Namespace) -> int:
     """CLI entry: bad settings raise ConfigError (the CLI prints its one line)."""
-    cfg = build_config(args)
-    train(cfg)
+    train(build_config(args))
     return 0
 
 

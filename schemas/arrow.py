@@ -91,3 +91,30 @@ VIDEO_SCANS_SCHEMA: pa.Schema = _with_meta(
 )
 
 VIDEO_SCANS_KEY = ("video_id", "model_version")
+
+LABELLED_FACE_SHARD_SCHEMA_VERSION = 1
+LABELS_METADATA_KEY = b"dfscan.enum"  # same key schemas.warehouse reads for CHECKs
+
+# A training data set (``dfscan dataset build``): the face shard's columns unchanged, so
+# training decodes exactly the crops a scan cut, plus the label, the split group and the
+# saved split. ``source_id`` is the group a split keeps together: for a fake, the real
+# video it was made from; for a real video, itself.
+LABELLED_FACE_SHARD_SCHEMA: pa.Schema = _with_meta(
+    pa.schema(
+        [
+            *FACE_SHARD_SCHEMA,
+            pa.field(
+                "label", pa.string(), nullable=False, metadata={LABELS_METADATA_KEY: b"REAL,FAKE"}
+            ),
+            pa.field("source_id", pa.string(), nullable=False),
+            pa.field(
+                "split",
+                pa.string(),
+                nullable=False,
+                metadata={LABELS_METADATA_KEY: b"train,val,test"},
+            ),
+        ]
+    ),
+    "labelled_face_shard",
+    LABELLED_FACE_SHARD_SCHEMA_VERSION,
+)

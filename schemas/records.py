@@ -184,3 +184,22 @@ class ShardVideo:
     sampling: str
     frames_sampled: int = 0
     meta: VideoMeta | None = None
+
+
+@dataclass(frozen=True)
+class TrainingRun:
+    """One row of ``training_runs``: a training run or tuning trial, reproducible from its
+    config, data hash and code version, and findable by the artifact it wrote."""
+
+    run_id: str
+    command: str  # train | tune | tune-trial
+    status: str  # running | succeeded | failed
+    config: str  # JSON text of the typed config
+    data_hash: str
+    code_version: str
+    started_at: float  # seconds since the epoch (UTC)
+    ended_at: float | None = None
+    metrics: str | None = None  # JSON text
+    artifact_uri: str | None = None
+    parent_run_id: str | None = None
+    error: str | None = None

@@ -1,11 +1,12 @@
 """Warehouse DDL generated from the Arrow schemas, so no dialect can drift from them.
 
 The Arrow schemas are the single source: ``schemas/arrow.py`` holds the ``video_scans``
-row and this module adds ``scan_runs``. Each dialect is one entry in ``SQL_TYPES`` that
-maps an Arrow type to its SQL type; a column added to an Arrow schema reaches DuckDB,
-PostgreSQL and BigQuery at once, and a type no dialect knows fails at import time of the
-DDL, not half-way through a scan. Table names come from users (URLs, flags), so each one
-passes ``validate_identifier`` before it is put into SQL text.
+row and this module adds ``scan_runs``, ``video_uris`` and ``training_runs``. Each
+dialect is one entry in ``SQL_TYPES`` that maps an Arrow type to its SQL type; a column
+added to an Arrow schema reaches DuckDB, PostgreSQL and BigQuery at once, and a type no
+dialect knows fails at import time of the DDL, not half-way through a scan. Table names
+come from users (URLs, flags), so each one passes ``validate_identifier`` before it is
+put into SQL text.
 """
 
 from __future__ import annotations
@@ -76,6 +77,48 @@ VIDEO_URIS_SCHEMA: pa.Schema = pa.schema(
 VIDEO_URIS_KEY = ("uri", "video_id")
 # Columns a re-sighting refreshes; the first sighting is kept.
 VIDEO_URIS_REFRESHED = ("size_bytes", "mtime", "last_run_id", "last_seen_at")
+
+TRAINING_RUNS_SCHEMA_VERSION = 1
+
+# What a training run is: `train` (one fit), `tune` (a search) or `tune-trial` (one fit
+# inside a search, parent_run_id naming the search).
+TRAINING_COMMANDS = ("train", "tune", "tune-trial")
+
+# One row per training run or tuning trial: enough to compare runs and to reproduce one
+# (config, data hash, code version) and to find what it produced (artifact_uri).
+TRAINING_RUNS_SCHEMA: pa.Schema = pa.schema(
+    [
+        pa.field("run_id", pa.string(), nullable=False),
+        pa.field(
+            "command",
+            pa.string(),
+            nullable=False,
+            metadata={ENUM_METADATA_KEY: ",".join(TRAINING_COMMANDS).encode()},
+        ),
+        pa.field("parent_run_id", pa.string()),  # the tune run of a trial; null otherwise
+        pa.field(
+            "status",
+            pa.string(),
+            nullable=False,
+            metadata={ENUM_METADATA_KEY: ",".join(RUN_STATUSES).encode()},
+        ),
+        pa.field("config", pa.string(), nullable=False),  # JSON text of the typed config
+        pa.field("data_hash", pa.string(), nullable=False),  # sha256 of keys, labels, bytes
+        pa.field("code_version", pa.string(), nullable=False),
+        pa.field("metrics", pa.string()),  # JSON text {"val_auc": 0.8, ...}; null while running
+        pa.field("artifact_uri", pa.string()),  # the checkpoint written, if any
+        pa.field("started_at", pa.timestamp("us", tz="UTC"), nullable=False),
+        pa.field("ended_at", pa.timestamp("us", tz="UTC")),  # null while running
+        pa.field("error", pa.string()),
+    ]
+).with_metadata(
+    {
+        "dfscan.schema": "training_runs",
+        "dfscan.schema_version": str(TRAINING_RUNS_SCHEMA_VERSION),
+    }
+)
+
+TRAINING_RUNS_KEY = ("run_id",)
 
 # Arrow type -> SQL type, per dialect. BigQuery's names are the ones its API returns for
 # a table's schema (INTEGER, FLOAT, BOOLEAN), so a stored schema compares equal to it.
@@ -197,6 +240,11 @@ def video_uris_ddl(dialect: str, table: str = "video_uris") -> str:
 def scan_runs_ddl(dialect: str, table: str = "scan_runs") -> str:
     """DDL of the one-row-per-run audit table."""
     return table_ddl(SCAN_RUNS_SCHEMA, dialect, table, SCAN_RUNS_KEY)
+
+
+def training_runs_ddl(dialect: str, table: str = "training_runs") -> str:
+    """DDL of the one-row-per-training-run (or tuning trial) table."""
+    return table_ddl(TRAINING_RUNS_SCHEMA, dialect, table, TRAINING_RUNS_KEY)
 
 
 def bigquery_schema(schema: pa.Schema = VIDEO_SCANS_SCHEMA) -> list[dict[str, str]]:

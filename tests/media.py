@@ -3,6 +3,8 @@ the shared photos, and broken files of every kind a scan must survive."""
 
 from __future__ import annotations
 
+import os
+import struct
 from fractions import Fraction
 from pathlib import Path
 
@@ -87,3 +89,152 @@ def write_audio_only(path: Path, seconds: float = 1.0) -> Path:
 def truncate(src: Path, dst: Path, keep: int) -> Path:
     dst.write_bytes(src.read_bytes()[:keep])
     return dst
+
+
+# --- hostile media: every kind of upload a scan must survive (tests/test_hostile_corpus.py)
+
+
+def noise_frames(n: int, size: tuple[int, int], seed: int = 0) -> list[np.ndarray]:
+    """Smooth random RGB frames (no face); the seed makes the bytes of every clip unique."""
+    w, h = size
+    rng = np.random.default_rng(seed)
+    base = rng.integers(0, 255, (max(1, h // 8), max(1, w // 8), 3), dtype=np.uint8)
+    frames = []
+    for i in range(n):
+        img = np.kron(base, np.ones((8, 8, 1), np.uint8))[:h, :w]
+        img = np.ascontiguousarray(np.roll(img, i * 2, axis=1))
+        if img.shape[:2] != (h, w):  # 1x1, 2x2, odd sizes: kron gave fewer pixels
+            img = np.resize(img, (h, w, 3))
+        frames.append(img)
+    return frames
+
+
+def encode_clip(
+    path: Path,
+    frames: list[np.ndarray],
+    *,
+    codec: str = "libx264",
+    pix_fmt: str = "yuv420p",
+    fps: int = 25,
+    container_format: str | None = None,
+    options: dict[str, str] | None = None,
+    pts: list[int] | None = None,
+    dts_order: bool = False,
+    time_base: Fraction | None = None,
+    audio_streams: int = 0,
+    rotation: int = 0,
+    gop: int | None = None,
+    container_options: dict[str, str] | None = None,
+) -> Path:
+    """Encode RGB ``frames`` with any codec and pixel format PyAV's FFmpeg can write.
+
+    ``pts`` overrides the presentation times (in ``time_base``, 1/fps by default); with
+    ``dts_order`` the packets keep increasing decode times and carry ``pts`` as given,
+    which is how a muxer lets decreasing presentation times into a file.
+    ``audio_streams`` adds that many short silent AAC tracks (a "many streams" file).
+    """
+    h, w = frames[0].shape[:2]
+    tb = time_base or Fraction(1, fps)
+    with av.open(
+        str(path), "w", format=container_format, container_options=container_options or {}
+    ) as out:
+        stream = out.add_stream(codec, rate=fps, options=options or {})
+        stream.width, stream.height = w, h
+        stream.pix_fmt = pix_fmt
+        stream.time_base = tb
+        if gop is not None:
+            stream.codec_context.gop_size = gop
+        if rotation:
+            stream.set_display_rotation(rotation)
+        audio = [out.add_stream("aac", rate=16000) for _ in range(audio_streams)]
+        packets: list[av.Packet] = []
+        for i, img in enumerate(frames):
+            frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(img), format="rgb24")
+            frame.pts = pts[i] if pts is not None and not dts_order else i
+            packets.extend(stream.encode(frame))
+        packets.extend(stream.encode())
+        for i, packet in enumerate(packets):
+            if dts_order and pts is not None:
+                packet.dts, packet.pts = i, max(i, pts[i])
+            out.mux(packet)
+        for a in audio:
+            silence = av.AudioFrame.from_ndarray(
+                np.zeros((1, 1024), np.float32), format="fltp", layout="mono"
+            )
+            silence.sample_rate, silence.pts = 16000, 0
+            for packet in [*a.encode(silence), *a.encode()]:
+                out.mux(packet)
+    return path
+
+
+def write_gif(path: Path, n: int = 6, size: tuple[int, int] = (48, 32), seed: int = 0) -> Path:
+    return encode_clip(
+        path, noise_frames(n, size, seed), codec="gif", pix_fmt="rgb8", container_format="gif"
+    )
+
+
+def set_gif_screen(src: Path, dst: Path, width: int, height: int) -> Path:
+    """The GIF with its logical screen (the canvas the decoder allocates) resized."""
+    data = bytearray(src.read_bytes())
+    data[6:10] = struct.pack("<HH", width, height)
+    dst.write_bytes(bytes(data))
+    return dst
+
+
+def _find_box(data: bytes | bytearray, fourcc: bytes) -> int:
+    pos = data.find(fourcc)
+    if pos < 4:
+        raise ValueError(f"no {fourcc!r} box")
+    return pos
+
+
+def set_mov_mjpeg_size(src: Path, dst: Path, width: int, height: int) -> Path:
+    """An MJPEG .mov whose every header says ``width`` x ``height``: the track header, the
+    sample description and each frame's JPEG SOF0 marker. The pixels stay tiny, so the
+    file is a few KB while a decoder that trusts it allocates width*height*3 bytes."""
+    data = bytearray(src.read_bytes())
+    tkhd = _find_box(data, b"tkhd")
+    if data[tkhd + 4] != 0:
+        raise ValueError("tkhd version 1 not handled")
+    data[tkhd + 80 : tkhd + 88] = struct.pack(">II", width << 16, height << 16)
+    stsd = _find_box(data, b"stsd")
+    data[stsd + 44 : stsd + 48] = struct.pack(">HH", width, height)
+    pos = 0
+    while (pos := data.find(b"\xff\xc0", pos)) != -1:  # SOF0: len, precision, h, w
+        data[pos + 5 : pos + 9] = struct.pack(">HH", height, width)
+        pos += 9
+    dst.write_bytes(bytes(data))
+    return dst
+
+
+def drop_tracks(src: Path, dst: Path) -> Path:
+    """An MP4 whose tracks are renamed to ``free`` boxes: a valid container, no streams."""
+    data = src.read_bytes().replace(b"trak", b"free")
+    dst.write_bytes(data)
+    return dst
+
+
+def corrupt_middle(src: Path, dst: Path, seed: int = 0, span: int = 2048) -> Path:
+    """Random bytes over ``span`` bytes in the middle of the media data (mid-GOP)."""
+    data = bytearray(src.read_bytes())
+    start = data.find(b"mdat")
+    start = start + 8 if start >= 0 else 0
+    mid = start + (len(data) - start) // 2
+    rng = np.random.default_rng(seed)
+    data[mid : mid + span] = rng.integers(0, 256, min(span, len(data) - mid), np.uint8).tobytes()
+    dst.write_bytes(bytes(data))
+    return dst
+
+
+def hls_playlist(target: Path) -> str:
+    """An HLS media playlist whose one segment is ``target`` (absolute and relative)."""
+    return (
+        "#EXTM3U\n#EXT-X-VERSION:3\n#EXT-X-TARGETDURATION:10\n#EXT-X-MEDIA-SEQUENCE:0\n"
+        f"#EXTINF:2.0,\n{target}\n#EXTINF:2.0,\n{target.name}\n#EXT-X-ENDLIST\n"
+    )
+
+
+def concat_script(target: Path, relative_to: Path) -> str:
+    """An ffconcat script naming ``target`` by a relative path (allowed in FFmpeg's
+    ``safe`` mode, which refuses only absolute paths)."""
+    return f"ffconcat version 1.0\nfile {os.path.relpath(target, relative_to)}\n"

@@ -47,8 +47,15 @@ def rel(path: Path) -> str:
     return str(path.relative_to(ROOT))
 
 
+# Prometheus/Grafana files, not Kubernetes manifests: tests/test_observability.py checks
+# them with promtool and a running Prometheus.
+OBSERVABILITY = DEPLOY / "observability"
+
+
 def deploy_files(*patterns: str) -> list[Path]:
-    return sorted({p for pat in patterns for p in DEPLOY.rglob(pat)})
+    return sorted(
+        {p for pat in patterns for p in DEPLOY.rglob(pat) if OBSERVABILITY not in p.parents}
+    )
 
 
 def load_yaml(path: Path) -> list[dict[str, Any]]:

@@ -125,6 +125,7 @@ def test_an_id_made_from_the_uri_is_never_reused_from_the_cache(folder, wh) -> N
     assert wh.known_video_ids(list(list_videos(str(folder)))) == {}
 
 
+@pytest.mark.services
 def test_warehouse_lookups_agree_on_postgres(folder, postgres_url) -> None:
     """The hash cache and URI record are shared SQL: the same answers on PostgreSQL."""
     import uuid

@@ -196,3 +196,30 @@ def test_merge_of_two_worker_snapshots_adds_up() -> None:
     assert total[BYTES_READ] == 3_000_010
     got = samples(driver.exposition())
     assert got[("dfscan_videos_total", (("status", "scored"),))] == 3
+
+
+def test_verdicts_and_fake_probability_are_counted_per_model_version() -> None:
+    m = ScanMetrics()
+    m.observe_verdict("m1", 0.93, "FAKE")
+    m.observe_verdict("m1", 0.05, "REAL")
+    m.observe_verdict("m2", 0.55, "FAKE")
+    got = samples(m.exposition())
+    assert got[("dfscan_verdicts_total", (("label", "FAKE"), ("model_version", "m1")))] == 1
+    assert got[("dfscan_verdicts_total", (("label", "REAL"), ("model_version", "m1")))] == 1
+    assert got[("dfscan_fake_probability_count", (("model_version", "m1"),))] == 2
+    assert got[("dfscan_fake_probability_sum", (("model_version", "m1"),))] == pytest.approx(0.98)
+    m1 = (("le", "0.1"), ("model_version", "m1"))
+    assert got[("dfscan_fake_probability_bucket", m1)] == 1
+    m2 = (("le", "0.5"), ("model_version", "m2"))
+    assert got[("dfscan_fake_probability_bucket", m2)] == 0
+
+
+def test_failure_and_backlog_gauges() -> None:
+    m = ScanMetrics()
+    m.set_backlog(12)
+    got = samples(m.exposition())
+    assert got[("dfscan_last_failure_timestamp_seconds", ())] == 0
+    assert got[("dfscan_videos_backlog", ())] == 12
+    before = time.time()
+    m.mark_failure()
+    assert samples(m.exposition())[("dfscan_last_failure_timestamp_seconds", ())] >= before

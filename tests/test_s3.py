@@ -8,6 +8,7 @@ land on disk (a wrong secret is refused; a whole scan goes bucket to bucket).
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -16,6 +17,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -163,73 +165,97 @@ def _weed() -> str:
     return found
 
 
-@pytest.fixture(scope="module")
-def seaweed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
-    """``weed mini`` on loopback with one identity; yields the storage options."""
-    root = tmp_path_factory.mktemp("seaweed")
-    (root / "data").mkdir()
-    identities = {
-        "identities": [
-            {
-                "name": "dfscan",
-                "credentials": [{"accessKey": ACCESS_KEY, "secretKey": SECRET_KEY}],
-                "actions": ["Admin", "Read", "Write", "List", "Tagging"],
-            }
-        ]
-    }
-    (root / "s3.json").write_text(json.dumps(identities))
-    used: set[int] = set()
-    ports = {
-        name: _free_port(used)
-        for name in (
-            "master.port",
-            "master.port.grpc",
-            "volume.port",
-            "volume.port.grpc",
-            "filer.port",
-            "filer.port.grpc",
-            "s3.port",
-            "s3.port.grpc",
-            "admin.port",
-            "admin.port.grpc",
-        )
-    }
-    cmd = [_weed(), "mini", f"-dir={root / 'data'}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1"]
-    cmd += [f"-{name}={port}" for name, port in ports.items()]
-    cmd += [
-        f"-s3.config={root / 's3.json'}",
-        "-s3.port.iceberg=0",
-        "-s3.port.lance=0",
-        "-webdav=false",
-        "-admin.ui=false",
-        "-master.telemetry=false",
-    ]
-    log = root / "weed.log"
-    with open(log, "wb") as fh:
-        proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, cwd=root)
-    endpoint = f"http://127.0.0.1:{ports['s3.port']}"
-    try:
+class Seaweed:
+    """``weed mini`` on loopback with one S3 identity; stop() and start() again keep the
+    data directory and the ports, as a restarted server would."""
+
+    PORTS = (
+        "master.port",
+        "master.port.grpc",
+        "volume.port",
+        "volume.port.grpc",
+        "filer.port",
+        "filer.port.grpc",
+        "s3.port",
+        "s3.port.grpc",
+        "admin.port",
+        "admin.port.grpc",
+    )
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        (root / "data").mkdir(parents=True, exist_ok=True)
+        identities = {
+            "identities": [
+                {
+                    "name": "dfscan",
+                    "credentials": [{"accessKey": ACCESS_KEY, "secretKey": SECRET_KEY}],
+                    "actions": ["Admin", "Read", "Write", "List", "Tagging"],
+                }
+            ]
+        }
+        (root / "s3.json").write_text(json.dumps(identities))
+        used: set[int] = set()
+        self.ports = {name: _free_port(used) for name in self.PORTS}
+        self.endpoint = f"http://127.0.0.1:{self.ports['s3.port']}"
+        self.log = root / "weed.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def options(self) -> dict[str, Any]:
+        return _options(self.endpoint)
+
+    def start(self) -> None:
+        cmd = [_weed(), "mini", f"-dir={self.root / 'data'}", "-ip=127.0.0.1"]
+        cmd += ["-ip.bind=127.0.0.1", f"-s3.config={self.root / 's3.json'}"]
+        cmd += [f"-{name}={port}" for name, port in self.ports.items()]
+        cmd += ["-s3.port.iceberg=0", "-s3.port.lance=0", "-webdav=false"]
+        cmd += ["-admin.ui=false", "-master.telemetry=false"]
+        with open(self.log, "ab") as fh:
+            self.proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, cwd=self.root)
         deadline = time.monotonic() + 60
         while True:
-            if proc.poll() is not None:
-                pytest.fail(f"weed mini exited ({proc.returncode}): {log.read_text()[-3000:]}")
+            if self.proc.poll() is not None:
+                pytest.fail(f"weed mini exited ({self.proc.returncode}): {self._tail()}")
             try:
-                urllib.request.urlopen(endpoint, timeout=2).close()
-                break
+                urllib.request.urlopen(self.endpoint, timeout=2).close()
+                return
             except urllib.error.HTTPError:  # 403 to an unsigned request: it is up
-                break
+                return
             except OSError:  # refused or reset: still starting
                 if time.monotonic() > deadline:
-                    pytest.fail(f"weed mini did not answer in 60 s: {log.read_text()[-3000:]}")
+                    pytest.fail(f"weed mini did not answer in 60 s: {self._tail()}")
                 time.sleep(0.25)
-        yield _options(endpoint)
-    finally:
-        proc.send_signal(signal.SIGINT)
+
+    def stop(self) -> None:
+        if self.proc is None:
+            return
+        self.proc.send_signal(signal.SIGINT)
         try:
-            proc.wait(timeout=20)
+            self.proc.wait(timeout=20)
         except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+            self.proc.kill()
+            self.proc.wait()
+        self.proc = None
+
+    def _tail(self) -> str:
+        return self.log.read_text(errors="replace")[-3000:]
+
+
+@pytest.fixture(scope="module")
+def seaweed_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Seaweed]:
+    server = Seaweed(tmp_path_factory.mktemp("seaweed"))
+    try:
+        server.start()
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="module")
+def seaweed(seaweed_server: Seaweed) -> dict[str, Any]:
+    """Storage options for the module's SeaweedFS server."""
+    return seaweed_server.options
 
 
 def test_a_wrong_secret_is_refused_by_signature_check(seaweed) -> None:
@@ -319,3 +345,161 @@ def test_a_whole_scan_goes_from_one_bucket_to_another(
         )
     )
     assert again.videos == 3 and dict(again.counts) == {"scored": 3}
+
+
+class OutageProxy:
+    """A TCP relay in front of the S3 port. At the ``trigger``-th request it cuts every
+    connection (clients see resets), runs ``outage`` (stop and restart the server)
+    while turning new connections away, then relays again: a mid-run outage at a
+    deterministic point instead of at a guessed time."""
+
+    def __init__(self, target: int, trigger: int, outage: Any) -> None:
+        self.target, self.trigger, self.outage = target, trigger, outage
+        self.requests = 0
+        self.requests_after_outage = 0
+        self.outages = 0
+        self.down = False
+        self._conns: list[socket.socket] = []
+        self._lock = threading.Lock()
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self.port = int(self._listener.getsockname()[1])
+        self._closed = False
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def close(self) -> None:
+        self._closed = True
+        self._listener.close()
+        self._cut()
+
+    def _cut(self) -> None:
+        with self._lock:
+            conns, self._conns = self._conns, []
+        for c in conns:
+            with contextlib.suppress(OSError):
+                c.shutdown(socket.SHUT_RDWR)
+            c.close()
+
+    def _accept(self) -> None:
+        while not self._closed:
+            try:
+                client, _ = self._listener.accept()
+            except OSError:
+                return
+            if self.down:
+                client.close()
+                continue
+            try:
+                upstream = socket.create_connection(("127.0.0.1", self.target), timeout=5)
+            except OSError:
+                client.close()
+                continue
+            upstream.settimeout(None)
+            with self._lock:
+                self._conns += [client, upstream]
+            threading.Thread(target=self._pump, args=(client, upstream, True), daemon=True).start()
+            threading.Thread(target=self._pump, args=(upstream, client, False), daemon=True).start()
+
+    def _pump(self, src: socket.socket, dst: socket.socket, from_client: bool) -> None:
+        try:
+            while data := src.recv(65536):
+                if from_client:
+                    self._count(data.count(b" HTTP/1.1\r\n"))
+                dst.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for s in (src, dst):
+                with contextlib.suppress(OSError):
+                    s.close()
+
+    def _count(self, n: int) -> None:
+        if not n:
+            return
+        with self._lock:
+            before = self.requests
+            self.requests += n
+            if self.outages:
+                self.requests_after_outage += n
+        if before < self.trigger <= self.requests:
+            threading.Thread(target=self._go_down, daemon=True).start()
+
+    def _go_down(self) -> None:
+        self.down = True
+        self._cut()
+        try:
+            self.outage()
+        finally:
+            self.outages += 1
+            self.down = False
+
+
+@pytest.mark.slow
+def test_a_server_restart_mid_scan_is_retried_or_fails_clearly_and_the_rerun_completes(
+    tmp_path: Path, tiny_checkpoint: Path
+) -> None:
+    from pipelines.config import DetectorConfig, SamplingConfig, ScanConfig, ScorerConfig
+    from pipelines.scan import run_scan
+
+    server = Seaweed(tmp_path / "weed")
+    server.start()
+    proxy: OutageProxy | None = None
+    try:
+        fs = _fs(server.options)
+        fs.mkdir("flaky-up")
+        fs.mkdir("flaky-out")
+        names = ["hamilton_clip.mp4", "talking_head_d0.mp4", "talking_head_d3.mp4"]
+        for name in names:
+            fs.put_file(str(REAL_VIDEOS / name), f"flaky-up/day/{name}")
+
+        def restart() -> None:
+            server.stop()
+            time.sleep(1.0)
+            server.start()
+
+        # Request 8 falls in hashing or decoding: after the listing, before the shards.
+        proxy = OutageProxy(server.ports["s3.port"], trigger=8, outage=restart)
+        opts = _options(f"http://127.0.0.1:{proxy.port}")
+        opts["config_kwargs"] = {
+            "retries": {"max_attempts": 12, "mode": "standard"},  # backoff, capped at 20 s
+            "connect_timeout": 2,
+            "read_timeout": 20,
+        }
+
+        def scan(run_id: str) -> Any:
+            return run_scan(
+                ScanConfig(
+                    input_uri="s3://flaky-up/day/",
+                    out_uri="s3://flaky-out/run",
+                    warehouse_url=f"duckdb://{tmp_path}/scans.duckdb",
+                    run_id=run_id,
+                    sampling=SamplingConfig.parse("uniform:4"),
+                    detector=DetectorConfig.build("scrfd-500m"),
+                    scorer=ScorerConfig(checkpoint=str(tiny_checkpoint)),
+                    storage_options=opts,
+                    progress=False,
+                )
+            )
+
+        try:
+            first = scan("during-outage")
+            done = first.videos
+        except OSError as err:  # retries exhausted: one error naming what failed
+            print(f"first run failed: {type(err).__name__}: {err}")
+            assert str(err), "the failure must say what went wrong"
+            done = 0
+        print(f"outage at request {proxy.trigger} of {proxy.requests}; first run did {done}")
+        assert proxy.outages == 1 and proxy.requests_after_outage > 0
+        second = scan("after-outage")
+        assert done + second.videos == 3  # the rerun does exactly what was left
+        import duckdb
+
+        con = duckdb.connect(str(tmp_path / "scans.duckdb"), read_only=True)
+        rows = con.execute("SELECT video_id, faces FROM video_scans").fetchall()
+        con.close()
+        assert len(rows) == 3 and all(n > 0 for _, n in rows)
+        table = read_face_shards("s3://flaky-out/run/faces", opts)
+        assert table.num_rows == sum(n for _, n in rows)
+    finally:
+        if proxy is not None:
+            proxy.close()
+        server.stop()

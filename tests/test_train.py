@@ -128,3 +128,135 @@ def test_learning_rate_warms_up_then_anneals_to_near_zero() -> None:
     assert train.one_cycle_lr(5.0, peak) == train.one_cycle_lr(1.0, peak)  # past the budget
     after = [train.one_cycle_lr(p / 20, peak) for p in range(3, 21)]
     assert after == sorted(after, reverse=True)
+
+
+# ---------------------------------------------------------------- recipes
+def _face(size: int = 96) -> np.ndarray:
+    import cv2
+
+    img = cv2.imread(str(DATA / "faces_224" / "tkrworlkkq.jpg"))
+    return cv2.cvtColor(cv2.resize(img, (size, size)), cv2.COLOR_BGR2RGB)
+
+
+def test_augment_flag_parses_names_in_registry_order_and_rejects_typos(tmp_path: Path) -> None:
+    from pipelines.augment import AUGMENTATIONS, parse_augment
+
+    assert parse_augment("jpeg,hflip") == ("hflip", "jpeg")
+    assert parse_augment("all") == tuple(AUGMENTATIONS)
+    assert parse_augment("none") == ()
+    args = _args("--data", str(DATA), "--out", str(tmp_path / "x.pt"), "--augment", "hflip,jpg")
+    with pytest.raises(ConfigError, match="unknown augmentation.*jpg"):
+        args.func(args)
+
+
+@pytest.mark.parametrize(
+    "name", ["hflip", "rotate_scale", "perspective", "color", "downscale", "jpeg", "blur", "erase"]
+)
+def test_each_augmentation_changes_the_face_but_keeps_shape_and_dtype(name: str) -> None:
+    from pipelines.augment import AUGMENTATIONS
+
+    img = _face()
+    out = AUGMENTATIONS[name].fn(img, np.random.default_rng(3))
+    assert out.shape == img.shape and out.dtype == np.uint8
+    assert np.abs(out.astype(int) - img.astype(int)).mean() > 0.1
+
+
+def test_self_blend_draws_a_blending_boundary_around_the_face_region() -> None:
+    from pipelines.augment import face_mask, self_blend
+
+    mask = face_mask(96, 96, np.random.default_rng(0))[..., 0]
+    assert mask[48, 48] > 0.9 and max(mask[0, 0], mask[0, -1], mask[-1, 0], mask[-1, -1]) < 0.05
+    # A flat image has no boundary anywhere; its self-blend has one: the blended face
+    # region (source) no longer matches the surround (target), whichever was perturbed.
+    flat = np.full((96, 96, 3), 128, dtype=np.uint8)
+    for seed in range(8):
+        out = self_blend(flat, np.random.default_rng(seed)).astype(float)
+        assert out.shape == flat.shape
+        centre, corner = out[40:56, 40:56].mean(axis=(0, 1)), out[:8, :8].mean(axis=(0, 1))
+        assert np.abs(centre - corner).max() > 1.0, seed
+        assert out[:8, :8].std(axis=(0, 1)).max() < 1.0  # the surround itself stays flat
+    face = _face()
+    assert not np.array_equal(self_blend(face, np.random.default_rng(0)), face)
+
+
+def test_sbi_turns_chosen_reals_into_fakes_and_never_relabels_a_fake() -> None:
+    from pipelines.augment import augment_batch
+
+    x = np.stack([_face(64)] * 6)
+    y = np.array([0, 0, 0, 1, 1, 1], dtype=np.float32)
+    out, labels = augment_batch(x, y, (), np.random.default_rng(0), sbi_prob=1.0)
+    assert labels.tolist() == [1.0] * 6
+    assert all(not np.array_equal(out[i], x[i]) for i in range(3))  # reals were blended
+    assert all(np.array_equal(out[i], x[i]) for i in range(3, 6))  # fakes untouched
+    _, labels = augment_batch(x, y, (), np.random.default_rng(0), sbi_prob=0.0)
+    assert labels.tolist() == y.tolist()
+
+
+def _tiny(tmp_path: Path, name: str, *flags: str) -> Path:
+    out = tmp_path / f"{name}.pt"
+    args = _args(
+        "--data", str(DATA), "--out", str(out), "--limit", "32", "--epochs", "2",
+        "--batch-size", "8", "--image-size", "48", "--num-threads", "1", *flags,
+    )  # fmt: skip
+    assert args.func(args) == 0
+    return out
+
+
+def test_same_seed_gives_identical_weights_and_another_seed_does_not(tmp_path: Path) -> None:
+    flags = ("--augment", "all", "--sbi")
+    a = load_checkpoint(str(_tiny(tmp_path, "a", *flags))).state_dict
+    b = load_checkpoint(str(_tiny(tmp_path, "b", *flags))).state_dict
+    c = load_checkpoint(str(_tiny(tmp_path, "c", *flags, "--seed", "1"))).state_dict
+    assert all(bool((a[k] == b[k]).all()) for k in a)
+    assert any(not bool((a[k] == c[k]).all()) for k in a if a[k].is_floating_point())
+
+
+def test_hidden_layer_head_and_dropout_are_saved_and_rebuilt_by_the_scorer(tmp_path: Path) -> None:
+    out = _tiny(tmp_path, "hidden", "--head-hidden", "32", "--dropout", "0.3",
+                "--schedule", "cosine", "--arch", "resnet18")  # fmt: skip
+    meta = load_checkpoint(str(out)).meta
+    assert meta.extra["head_hidden"] == "32" and meta.extra["dropout"] == "0.3"
+    assert meta.extra["schedule"] == "cosine"
+    scorer = build_scorer(str(out), device="cpu")
+    head = scorer._net.fc  # type: ignore[attr-defined]
+    assert [type(m).__name__ for m in head] == [
+        "Dropout", "Linear", "ReLU", "BatchNorm1d", "Dropout", "Linear"
+    ]  # fmt: skip
+    assert head[1].out_features == 32  # dropout is inert at inference: not checked
+    probs = scorer.predict(decode_crops([(DATA / "faces_224" / "tkrworlkkq.jpg").read_bytes()], 48))
+    assert probs.shape == (1,)
+
+
+def test_sbi_only_trains_on_reals_and_says_so_in_the_checkpoint(tmp_path: Path) -> None:
+    out = _tiny(tmp_path, "sbi", "--sbi", "only")
+    meta = load_checkpoint(str(out)).meta
+    split = json.loads(Path(meta.extra["split"]).read_text())
+    labels = {r.image: r.label for r in train.read_labels(DATA)}
+    reals = sum(labels[k] == "REAL" for k in split["train"])
+    assert meta.metrics["n_train"] == reals < len(split["train"])
+    assert "self-blended fakes (only" in meta.training_data
+    assert meta.extra["sbi"] == "only:0.5"
+
+
+def test_early_stopping_keeps_the_best_epoch_by_val_auc(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    aucs = iter([0.7, 0.6, 0.65, 0.9, 0.9])
+
+    def fake_eval(*a: object, **k: object) -> dict[str, float]:
+        return {"val_auc": next(aucs), "val_loss": 0.5, "val_acc": 0.5}
+
+    monkeypatch.setattr(train, "evaluate_net", fake_eval)
+    out = _tiny(tmp_path, "early", "--epochs", "5", "--patience", "2")
+    meta = load_checkpoint(str(out)).meta
+    assert meta.extra["best_epoch"] == "1" and meta.extra["stopped_early"] == "true"
+    assert meta.metrics["val_auc"] == 0.7 and meta.metrics["epochs_run"] == pytest.approx(3.0)
+
+
+def test_cosine_schedule_warms_up_briefly_then_anneals() -> None:
+    peak = 1e-3
+    assert train.cosine_lr(0.0, peak) == pytest.approx(peak / 10)
+    assert train.cosine_lr(0.03, peak) == pytest.approx(peak)
+    assert train.cosine_lr(1.0, peak) == pytest.approx(peak * 1e-4)
+    # More of the run near the peak than one-cycle's long warm-up.
+    assert train.cosine_lr(0.1, peak) > train.one_cycle_lr(0.1, peak)

@@ -272,6 +272,13 @@ class TorchScorer(Scorer):
         self._meta, self._sha256 = meta, ckpt.sha256
 
     def predict(self, batch: np.ndarray) -> np.ndarray:
+        logits = self.predict_logits(batch)
+        probs = torch.sigmoid(torch.from_numpy(logits) / self.meta.temperature)
+        return probs.numpy().astype(np.float32, copy=False)
+
+    def predict_logits(self, batch: np.ndarray) -> np.ndarray:
+        """Raw float32 logits before temperature: what calibration fits the temperature on
+        (probabilities saturate at 1.0 in float32 long before logits stop growing)."""
         net, device = self._net, self._device
         if net is None or device is None or self._scale is None or self._shift is None:
             raise RuntimeError(f"{type(self).__name__}.load() has not been called")
@@ -295,8 +302,7 @@ class TorchScorer(Scorer):
                 amp = torch.autocast("cuda", dtype=dtype)
             with amp:
                 logits = net(x)
-            probs = torch.sigmoid(logits.float().reshape(-1) / self.meta.temperature)
-            return probs.cpu().numpy().astype(np.float32, copy=False)
+            return logits.float().reshape(-1).cpu().numpy().astype(np.float32, copy=False)
 
 
 SCORERS: dict[str, type[Scorer]] = {}

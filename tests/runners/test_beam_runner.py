@@ -52,6 +52,9 @@ DATAFLOW_ARGS = (
     "--region=europe-west1",
     "--temp_location=gs://dfscan-test-bucket/tmp",
     "--setup_file=./setup.py",
+    # Beam's own switch for offline validation: without it, constructing a Dataflow
+    # pipeline asks GCS about the temp bucket (and waits out the retries offline).
+    "--dry_run=True",
 )
 
 

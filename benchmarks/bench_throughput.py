@@ -1,0 +1,245 @@
+"""Throughput against the machine's floors, every number measured in this run.
+
+Corpus: the shared real videos plus generated 720p/1080p H.264/HEVC clips with short and
+long GOPs (benchmarks/corpus.py). Floors, measured here: FFmpeg's single-thread full
+decode and keyframe-only decode of the same files, the detector's per-frame cost and the
+classifier's per-face cost at their best batch sizes. The stage floor of a scan is
+(decode floor + detector x frames + classifier x faces) / cores; efficiency is that
+floor divided by the scan's wall time. Each scan runs as its own ``dfscan scan`` process
+so that peak RSS is the whole process tree's (Ray workers included).
+
+    python benchmarks/bench_throughput.py --model artifacts/starter.pt \
+        [--runners local,ray,beam] [--frames uniform:32,fps:1,keyframes] [--json F]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from benchmarks.corpus import build_corpus  # noqa: E402
+
+CORES = len(os.sched_getaffinity(0))
+
+
+def video_seconds(videos: list[Path]) -> float:
+    import av
+
+    total = 0.0
+    for v in videos:
+        with av.open(str(v)) as c:
+            total += (c.duration or 0) / 1_000_000
+    return total
+
+
+def timed(cmd: list[str]) -> float:
+    t0 = time.perf_counter()
+    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
+    return time.perf_counter() - t0
+
+
+def ffmpeg_floors(videos: list[Path]) -> dict[str, float]:
+    full = key = 0.0
+    for v in videos:
+        base = ["ffmpeg", "-v", "error", "-threads", "1"]
+        full += timed([*base, "-i", str(v), "-f", "null", "-"])
+        key += timed([*base, "-skip_frame", "nokey", "-i", str(v), "-f", "null", "-"])
+    return {"ffmpeg_full_s": full, "ffmpeg_keyframes_s": key}
+
+
+def model_floors(model: str, detector: str) -> dict[str, float]:
+    from benchmarks.bench_scan import detector_floor, scorer_floor
+    from pipelines.config import DetectorConfig
+
+    det_per, _ = detector_floor(DetectorConfig.build(detector), 0)
+    sc_per, sc_bs, _ = scorer_floor(model, 0)
+    return {"detector_s_per_frame": det_per, "scorer_s_per_face": sc_per, "scorer_batch": sc_bs}
+
+
+class PeakRss:
+    """Samples the summed RSS of a process and all its descendants every 50 ms."""
+
+    def __init__(self, pid: int) -> None:
+        import psutil
+
+        self.proc = psutil.Process(pid)
+        self.peak = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        import psutil
+
+        while not self._stop.is_set():
+            try:
+                procs = [self.proc, *self.proc.children(recursive=True)]
+                total = 0
+                for p in procs:
+                    try:
+                        total += p.memory_info().rss
+                    except psutil.Error:
+                        continue
+                self.peak = max(self.peak, total)
+            except psutil.Error:
+                return
+            time.sleep(0.05)
+
+    def stop(self) -> int:
+        self._stop.set()
+        self._thread.join()
+        return self.peak
+
+
+def run_scan(corpus: Path, model: str, runner: str, frames: str, detector: str) -> dict:
+    out = Path(tempfile.mkdtemp(prefix=f"dfscan-{runner}-"))
+    cmd = [
+        str(ROOT / ".venv" / "bin" / "dfscan") if (ROOT / ".venv").exists() else "dfscan",
+        "scan",
+        str(corpus),
+        "--out",
+        str(out),
+        "--model",
+        model,
+        "--runner",
+        runner,
+        "--frames",
+        frames,
+        "--detector",
+        detector,
+        "--no-progress",
+        "--run-id",
+        "bench",
+    ]
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    rss = PeakRss(proc.pid)
+    _, err = proc.communicate()
+    wall = time.perf_counter() - t0
+    peak = rss.stop()
+    if proc.returncode != 0:
+        raise RuntimeError(f"{runner} {frames} failed: {err.strip().splitlines()[-1:]}")
+    import duckdb
+
+    con = duckdb.connect(str(out / "scans.duckdb"), read_only=True)
+    videos, frames_n, faces, decode_s = con.execute(
+        "SELECT count(*), sum(frames_sampled), sum(faces), sum(decode_s) FROM video_scans"
+    ).fetchone()
+    con.close()
+    shutil.rmtree(out, ignore_errors=True)
+    return {
+        "runner": runner,
+        "frames": frames,
+        "wall_s": wall,
+        "videos": videos,
+        "frames_n": int(frames_n or 0),
+        "faces": int(faces or 0),
+        "decode_s": float(decode_s or 0.0),
+        "peak_rss_mb": peak / 2**20,
+    }
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--model", default=str(ROOT / "artifacts" / "starter.pt"))
+    p.add_argument("--runners", default="local,ray,beam")
+    p.add_argument("--frames", default="uniform:32,fps:1,keyframes")
+    p.add_argument("--detector", default="scrfd-500m")
+    p.add_argument("--json", default=str(ROOT / "benchmarks" / "results" / "throughput.json"))
+    args = p.parse_args()
+
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console(width=max(Console().width, 150))  # tables stay readable in logs
+    corpus = build_corpus()
+    videos = sorted(corpus.glob("*.mp4"))
+    floors = {**ffmpeg_floors(videos), **model_floors(args.model, args.detector)}
+    rows = []
+    for frames in args.frames.split(","):
+        for runner in args.runners.split(","):
+            console.print(f"[dim]scanning {len(videos)} videos: {runner} {frames}")
+            r = run_scan(corpus, args.model, runner, frames, args.detector)
+            decode_floor = floors[
+                "ffmpeg_keyframes_s" if frames == "keyframes" else "ffmpeg_full_s"
+            ]
+            r["stage_floor_s"] = (
+                decode_floor
+                + floors["detector_s_per_frame"] * r["frames_n"]
+                + floors["scorer_s_per_face"] * r["faces"]
+            ) / CORES
+            r["efficiency"] = r["stage_floor_s"] / r["wall_s"]
+            r["decode_vs_ffmpeg_full"] = r["decode_s"] / floors["ffmpeg_full_s"]
+            rows.append(r)
+
+    f = Table(title=f"floors measured in this run ({len(videos)} videos, {CORES} cores)")
+    f.add_column("floor")
+    f.add_column("value", justify="right")
+    f.add_row("ffmpeg -threads 1 full decode", f"{floors['ffmpeg_full_s']:.2f} s")
+    f.add_row("ffmpeg -threads 1 keyframes only", f"{floors['ffmpeg_keyframes_s']:.2f} s")
+    f.add_row("detector per frame", f"{floors['detector_s_per_frame'] * 1000:.1f} ms")
+    f.add_row(
+        f"classifier per face (batch {floors['scorer_batch']})",
+        f"{floors['scorer_s_per_face'] * 1000:.2f} ms",
+    )
+    console.print(f)
+    t = Table(title="scans")
+    for col in (
+        "sampling",
+        "runner",
+        "wall s",
+        "floor s",
+        "efficiency",
+        "videos/s",
+        "frames/s",
+        "faces/s",
+        "decode / ffmpeg full",
+        "peak RSS MB",
+    ):
+        t.add_column(col, justify="right")
+    base: dict[str, float] = {}
+    for r in rows:
+        base.setdefault(r["frames"], r["wall_s"])
+        t.add_row(
+            r["frames"],
+            r["runner"],
+            f"{r['wall_s']:.1f}",
+            f"{r['stage_floor_s']:.1f}",
+            f"{r['efficiency']:.2f}",
+            f"{r['videos'] / r['wall_s']:.3f}",
+            f"{r['frames_n'] / r['wall_s']:.1f}",
+            f"{r['faces'] / r['wall_s']:.1f}",
+            f"{r['decode_vs_ffmpeg_full']:.2f}",
+            f"{r['peak_rss_mb']:.0f}",
+        )
+    console.print(t)
+    speed = Table(title="runner throughput relative to local (same sampling, same run)")
+    speed.add_column("sampling")
+    speed.add_column("runner")
+    speed.add_column("x local", justify="right")
+    for r in rows:
+        speed.add_row(r["frames"], r["runner"], f"{base[r['frames']] / r['wall_s']:.2f}")
+    console.print(speed)
+    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.json).write_text(
+        json.dumps(
+            {"cores": CORES, "videos": len(videos), "floors": floors, "scans": rows}, indent=2
+        )
+    )
+    console.print(f"numbers written to {args.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

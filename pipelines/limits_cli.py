@@ -1,0 +1,96 @@
+"""``dfscan scan`` flags for what an upload may cost and where inputs may come from.
+
+Kept apart from ``cli.py`` so the limits have one home: every flag maps to one field of
+``LimitsConfig`` and its default is that field's default.
+"""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from pipelines.config import ConfigError, LimitsConfig
+
+
+def _positive(kind: type) -> Any:
+    def parse(text: str) -> Any:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+        if value <= 0:
+            raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
+        return value
+
+    return parse
+
+
+def add_limit_arguments(p: argparse.ArgumentParser) -> None:
+    d = LimitsConfig
+    p.add_argument(
+        "--max-pixels",
+        type=_positive(int),
+        default=d.max_pixels,
+        help=f"pixels per frame, from the header (default {d.max_pixels})",
+    )
+    p.add_argument(
+        "--max-duration",
+        type=_positive(float),
+        default=d.max_duration_s,
+        help=f"declared seconds per video (default {d.max_duration_s:g})",
+    )
+    p.add_argument(
+        "--max-frames",
+        type=_positive(int),
+        default=d.max_frames,
+        help=f"declared or decoded frames per video (default {d.max_frames})",
+    )
+    p.add_argument(
+        "--max-streams",
+        type=_positive(int),
+        default=d.max_streams,
+        help=f"streams per container (default {d.max_streams})",
+    )
+    p.add_argument(
+        "--codecs",
+        default=",".join(d.allowed_codecs),
+        help="video codecs allowed, FFmpeg codec names, comma-separated",
+    )
+    p.add_argument(
+        "--no-isolate",
+        action="store_true",
+        help="decode in the worker's own process (faster start; a decoder crash ends the run)",
+    )
+    p.add_argument(
+        "--allow-prefix",
+        action="append",
+        default=None,
+        metavar="URI",
+        help="read inputs only under this prefix (repeatable; file:/// = any local file;"
+        " default: any local file + the input's own prefix, or a manifest's bucket)",
+    )
+
+
+def limits_from_args(args: argparse.Namespace) -> LimitsConfig:
+    from operators.list_videos import is_manifest
+    from operators.uri_policy import UriPolicy, default_prefixes
+
+    codecs = tuple(c.strip() for c in args.codecs.split(",") if c.strip())
+    if not codecs:
+        raise ConfigError("--codecs needs at least one codec name")
+    manifest = is_manifest(args.input)
+    prefixes = tuple(args.allow_prefix or default_prefixes(args.input, manifest))
+    policy = UriPolicy.build(prefixes)
+    if not manifest and (why := policy.refusal(args.input)) is not None:
+        raise ConfigError(f"input {args.input} is not allowed: {why}")
+    return LimitsConfig(
+        max_bytes=args.max_bytes,
+        timeout_s=args.timeout,
+        max_pixels=args.max_pixels,
+        max_duration_s=args.max_duration,
+        max_frames=args.max_frames,
+        max_streams=args.max_streams,
+        allowed_codecs=codecs,
+        isolate=not args.no_isolate,
+        allow_prefixes=policy.prefixes,
+    )

@@ -1,0 +1,175 @@
+"""atheris harness over the paths that parse bytes a scan did not make: video decode,
+face-shard reading, and the JPEG crops inside shards.
+
+    python tests/fuzz/fuzz_decode.py                       # 60 s, crashes -> tests/fuzz/crashes/
+    python tests/fuzz/fuzz_decode.py -max_total_time=600   # any libFuzzer flag
+    python tests/fuzz/fuzz_decode.py tests/fuzz/crashes/crash-*   # replay saved inputs
+
+The first byte of an input picks the target, the rest is the file:
+``0`` a video through ``FrameDecoder`` (limits, allow-lists, sampling, conversion);
+``1`` a Parquet face shard through ``ShardFaceReader.read_part``; ``2`` a JPEG crop
+through ``decode_crops``. A finding is anything but the failure each path promises:
+``VideoError`` for decode, an Arrow/OS error or ``DamagedShard`` for a shard,
+``ValueError`` for a crop;
+a Python exception of another type, a native crash (SIGSEGV, SIGABRT), a hang
+(``-timeout``) or a memory blow-up (``-rss_limit_mb``) is saved by libFuzzer under
+``tests/fuzz/crashes/`` and should become a case of the hostile corpus.
+
+Coverage: atheris instruments Python only. FFmpeg, Arrow and OpenCV are not built with
+coverage, so guidance stops at the wrappers; the seed corpus (valid files of every
+container and codec the scan accepts, written at start) is what makes mutations reach
+deep into the native parsers.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import atheris
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT))
+
+with atheris.instrument_imports(include=["operators", "pipelines", "schemas"]):
+    import fsspec
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from operators.decode_frames import FrameDecoder
+    from operators.errors import VideoError
+    from operators.read_shards import DamagedShard, ShardFaceReader
+    from operators.score_faces import decode_crops
+    from pipelines.config import LimitsConfig, SamplingConfig
+    from schemas.arrow import FACE_SHARD_SCHEMA
+
+CRASHES = ROOT / "tests" / "fuzz" / "crashes"
+DECODE, SHARD, CROP = 0, 1, 2
+# Small limits keep each input cheap; the allow-lists and checks are the real ones.
+LIMITS = LimitsConfig(max_pixels=4096 * 4096, max_frames=20_000, timeout_s=10.0, isolate=False)
+SAMPLINGS = [SamplingConfig.parse(s) for s in ("uniform:3", "fps:5", "keyframes")]
+_fs = fsspec.filesystem("memory")
+
+
+def fuzz_decode(data: bytes, policy: int) -> None:
+    _fs.pipe("/fuzz/input", data)
+    decoder = FrameDecoder(SAMPLINGS[policy % len(SAMPLINGS)], LIMITS, threads=1)
+    try:
+        with decoder.open("memory://fuzz/input", deadline=time.monotonic() + 10) as video:
+            for frame in video.frames:
+                assert frame.image.ndim == 3 and frame.image.shape[2] == 3
+    except VideoError:
+        pass  # the promised, typed refusal
+
+
+def fuzz_shard(data: bytes) -> None:
+    _fs.pipe("/fuzz/part.parquet", data)
+    try:
+        faces = ShardFaceReader().read_part("memory://fuzz/part.parquet", ["v"])
+    except (pa.ArrowException, OSError, DamagedShard):
+        return  # a damaged shard is refused, by Arrow or by our null check
+    for crops in faces.values():
+        fuzz_crops([c.jpeg for c in crops])
+
+
+def fuzz_crops(jpegs: list[bytes]) -> None:
+    with contextlib.suppress(ValueError):  # "not a decodable JPEG"
+        decode_crops(jpegs, 64)
+
+
+def test_one_input(data: bytes) -> None:
+    if len(data) < 2:
+        return
+    target, body = data[0] % 3, data[1:]
+    if target == DECODE:
+        fuzz_decode(body, data[0] // 3)
+    elif target == SHARD:
+        fuzz_shard(body)
+    else:
+        fuzz_crops([body])
+
+
+# --- seeds ----------------------------------------------------------------------------
+
+
+def write_seeds(folder: Path) -> None:
+    """One valid input per container/codec the scan accepts, plus a shard and a JPEG."""
+    import cv2
+    import numpy as np
+
+    from tests.media import encode_clip, noise_frames, write_gif
+
+    folder.mkdir(parents=True, exist_ok=True)
+    clips = {
+        "h264.mp4": {},
+        "hevc.mkv": {"codec": "libx265", "options": {"x265-params": "log-level=error"}},
+        "vp9.webm": {"codec": "libvpx-vp9"},
+        "mpeg4.avi": {"codec": "mpeg4"},
+        "mjpeg.mov": {"codec": "mjpeg", "pix_fmt": "yuvj420p"},
+        "mpeg2.ts": {"codec": "mpeg2video", "container_format": "mpegts"},
+        "raw.h264": {"container_format": "h264"},
+    }
+    with tempfile.TemporaryDirectory() as tmp:
+        for i, (name, kw) in enumerate(clips.items()):
+            # 64 px: libx265 corrupts its heap on smaller frames (an encoder bug, seen here)
+            frames = noise_frames(6, (64, 64), i)
+            path = encode_clip(Path(tmp) / name, frames, **kw)  # type: ignore[arg-type]
+            (folder / f"seed-{name}").write_bytes(bytes([DECODE]) + path.read_bytes())
+        gif = write_gif(Path(tmp) / "a.gif", n=3, size=(24, 16))
+        (folder / "seed-anim.gif").write_bytes(bytes([DECODE]) + gif.read_bytes())
+    ok, jpeg = cv2.imencode(".jpg", np.full((16, 16, 3), 128, np.uint8))
+    assert ok
+    (folder / "seed-crop.jpg").write_bytes(bytes([CROP]) + jpeg.tobytes())
+    row = {
+        "video_id": "v",
+        "source_uri": "file:///v.mp4",
+        "frame_index": 0,
+        "pts_s": 0.0,
+        "track_id": 0,
+        "bbox": [0.0, 0.0, 8.0, 8.0],
+        "landmarks": [1.0] * 10,
+        "det_score": 0.9,
+        "crop": jpeg.tobytes(),
+        "crop_width": 16,
+        "crop_height": 16,
+        "crop_scale": 1.3,
+        "sampling": "uniform:3",
+        "detector": "scrfd-500m",
+        "detector_sha256": "0" * 64,
+        "run_id": "r",
+    }
+    buf = io.BytesIO()
+    pq.write_table(pa.Table.from_pylist([row, row], schema=FACE_SHARD_SCHEMA), buf)
+    (folder / "seed-shard.parquet").write_bytes(bytes([SHARD]) + buf.getvalue())
+
+
+def main(argv: list[str]) -> None:
+    replay = any(not a.startswith("-") for a in argv[1:])
+    args = [argv[0]]
+    defaults = {
+        "-max_total_time": "60",
+        "-timeout": "60",  # seconds per input (decode has a 10 s deadline): longer = a hang
+        "-rss_limit_mb": "3072",
+        "-artifact_prefix": str(CRASHES) + os.sep,
+        "-max_len": "262144",
+    }
+    given = {a.split("=", 1)[0] for a in argv[1:] if a.startswith("-")}
+    args += [f"{k}={v}" for k, v in defaults.items() if k not in given]
+    args += argv[1:]
+    if not replay:
+        # libFuzzer grows the first corpus folder; seeds go into a fresh one each run.
+        corpus = Path(tempfile.mkdtemp(prefix="dfscan-fuzz-corpus-"))
+        write_seeds(corpus)
+        args.append(str(corpus))
+    CRASHES.mkdir(parents=True, exist_ok=True)
+    atheris.Setup(args, test_one_input)
+    atheris.Fuzz()
+
+
+if __name__ == "__main__":
+    main(sys.argv)

@@ -1,0 +1,58 @@
+"""A short fuzzing run in CI, and every input fuzzing ever saved stays harmless.
+
+The run is time-bounded (20 s); a finding fails the test and is copied to
+``tests/fuzz/crashes/``, where the replay test below keeps it as a regression case.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.fuzz
+
+HARNESS = Path(__file__).resolve().parent / "fuzz_decode.py"
+CRASHES = HARNESS.parent / "crashes"
+FUZZ_SECONDS = 20
+
+
+def _run(args: list[str], timeout: float) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, str(HARNESS), *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=HARNESS.parents[2],
+    )
+
+
+def test_a_short_fuzzing_run_finds_no_crash(tmp_path: Path):
+    pytest.importorskip("atheris", reason="atheris is not installed (pip install atheris)")
+    artifacts = tmp_path / "artifacts"
+    artifacts.mkdir()
+    done = _run(
+        [f"-max_total_time={FUZZ_SECONDS}", f"-artifact_prefix={artifacts}/"],
+        timeout=FUZZ_SECONDS + 120,
+    )
+    found = sorted(artifacts.iterdir())
+    for path in found:  # keep every finding as a regression case
+        CRASHES.mkdir(exist_ok=True)
+        shutil.copy(path, CRASHES / path.name)
+    assert done.returncode == 0 and not found, (
+        f"fuzzing found {[p.name for p in found]} (copied to {CRASHES}):\n{done.stderr[-4000:]}"
+    )
+    runs = [line for line in done.stderr.splitlines() if line.startswith("Done ")]
+    assert runs and int(runs[-1].split()[1]) > 1000, done.stderr[-2000:]  # it really ran
+
+
+def test_saved_crashing_inputs_are_handled_now():
+    pytest.importorskip("atheris", reason="atheris is not installed (pip install atheris)")
+    saved = sorted(p for p in CRASHES.glob("*") if p.is_file() and not p.name.startswith("."))
+    if not saved:
+        pytest.skip("no saved fuzzing findings")
+    done = _run([str(p) for p in saved], timeout=120 + 60 * len(saved))
+    assert done.returncode == 0, done.stderr[-4000:]
