@@ -33,7 +33,9 @@ def test_uniform_indices_spread_from_first_to_last_frame():
 
 
 def test_uniform_sampling_returns_exact_indices_and_stops_after_the_last():
-    video, frames = decode(HAMILTON, "uniform:8")
+    decoder = FrameDecoder(SamplingConfig.parse("uniform:8"), LimitsConfig(), seek=False)
+    with decoder.open(str(HAMILTON)) as video:
+        frames = list(video.frames)
     assert [f.index for f in frames] == uniform_indices(275, 8)
     assert video.meta.frame_count == 275
     assert video.stats.frames_sampled == 8
@@ -43,7 +45,7 @@ def test_uniform_sampling_returns_exact_indices_and_stops_after_the_last():
 
 def test_uniform_sampling_stops_early_when_the_last_pick_is_early(tmp_path: Path):
     clip = write_video(tmp_path / "c.mp4", n=60)
-    decoder = FrameDecoder(SamplingConfig.parse("uniform:3"), LimitsConfig())
+    decoder = FrameDecoder(SamplingConfig.parse("uniform:3"), LimitsConfig(), seek=False)
     with decoder.open(str(clip)) as video:
         frames = list(video.frames)
     assert [f.index for f in frames] == [0, 30, 59]
@@ -129,3 +131,27 @@ def test_deadline_in_the_past_times_out():
     decoder = FrameDecoder(SamplingConfig.parse("uniform:32"), LimitsConfig())
     with pytest.raises(VideoTimeout), decoder.open(str(HAMILTON), deadline=0.0) as video:
         list(video.frames)
+
+
+def test_seeking_to_keyframes_gives_the_same_frames_and_decodes_fewer(tmp_path: Path):
+    clip = write_video(tmp_path / "long_gop.mp4", n=240, gop=24)
+    results = {}
+    for seek in (False, True):
+        decoder = FrameDecoder(SamplingConfig.parse("uniform:4"), LimitsConfig(), seek=seek)
+        with decoder.open(str(clip)) as video:
+            results[seek] = (list(video.frames), video.stats)
+    (through, s0), (seeked, s1) = results[False], results[True]
+    assert [f.index for f in seeked] == [f.index for f in through] == [0, 80, 159, 239]
+    assert all(np.array_equal(a.image, b.image) for a, b in zip(through, seeked, strict=True))
+    assert s1.seeks == 3 and s0.seeks == 0
+    assert s1.frames_decoded < s0.frames_decoded == 240
+
+
+def test_seek_plan_decodes_through_when_samples_are_denser_than_keyframes():
+    from operators.decode_frames import plan_seeks
+
+    packets = [(i, i % 250 == 0) for i in range(500)]
+    assert plan_seeks(packets, list(range(0, 250, 16))) is None  # no keyframe in between
+    sparse = plan_seeks([(i, i % 10 == 0) for i in range(500)], [0, 250, 499])
+    assert sparse is not None and sorted(sparse.seek_before) == [250, 499]
+    assert sparse.frames_planned < sparse.frames_through == 500
