@@ -27,7 +27,7 @@ demo: $(STAMP) $(MODEL)
 	$(BIN)/dfscan scan $(SHARED)/data/videos --out $(OUT) --model $(MODEL)
 	$(BIN)/dfscan results --warehouse duckdb://$(abspath $(OUT))/scans.duckdb --limit 40
 
-test: $(STAMP)
+test: $(STAMP) lint
 	$(BIN)/python -m pytest -q
 
 lint: $(STAMP)

@@ -32,7 +32,9 @@ from pipelines.config import AggregateConfig
 from schemas.records import ScoredVideo, TrackScore, VideoFaces, VideoScan, VideoStatus
 
 
-def confident_strategy(scores: Sequence[float], high: float = 0.8, low: float = 0.2) -> float:
+def confident_strategy(
+    scores: Sequence[float] | np.ndarray, high: float = 0.8, low: float = 0.2
+) -> float:
     pred = np.asarray(scores, dtype=np.float64)
     if pred.size == 0:
         raise ValueError("confident_strategy needs at least one score")

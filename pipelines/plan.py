@@ -61,8 +61,17 @@ def load_costs(path: Path) -> MeasuredCosts:
         detect_s_per_frame=floors["detector_s_per_frame"],
         faces_per_frame=scan["faces"] / max(1, scan["frames_n"]),
         score_s_per_face=floors["scorer_s_per_face"],
-        source=str(path),
+        source=_shown(path),
     )
+
+
+def _shown(path: Path) -> str:
+    """The costs file as the docs name it: relative to the project when inside it."""
+    root = DEFAULT_COSTS.parent.parent.parent
+    try:
+        return str(path.resolve().relative_to(root))
+    except ValueError:
+        return str(path)
 
 
 def plan(

@@ -3,7 +3,7 @@ face-shard reading, and the JPEG crops inside shards.
 
     python tests/fuzz/fuzz_decode.py                       # 60 s, crashes -> tests/fuzz/crashes/
     python tests/fuzz/fuzz_decode.py -max_total_time=600   # any libFuzzer flag
-    python tests/fuzz/fuzz_decode.py tests/fuzz/crashes/crash-*   # replay saved inputs
+    python tests/fuzz/fuzz_decode.py tests/fuzz/crashes/*   # replay saved inputs once
 
 The first byte of an input picks the target, the rest is the file:
 ``0`` a video through ``FrameDecoder`` (limits, allow-lists, sampling, conversion);
@@ -23,6 +23,7 @@ deep into the native parsers.
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import io
 import os
@@ -148,8 +149,42 @@ def write_seeds(folder: Path) -> None:
     (folder / "seed-shard.parquet").write_bytes(bytes([SHARD]) + buf.getvalue())
 
 
+class _Budget:
+    """The run's time budget, kept here rather than by libFuzzer: libFuzzer ends a run
+    with C ``exit()``, which with torch/Arrow/OpenCV thread pools loaded can deadlock in
+    their native teardown (seen on a loaded 2-core box); ``os._exit`` cannot."""
+
+    deadline: float | None = None
+    started = time.monotonic()
+    runs = 0
+
+
+def fuzz_one(data: bytes) -> None:
+    """What libFuzzer calls: one input, then stop cleanly when the budget is spent."""
+    test_one_input(data)
+    _Budget.runs += 1
+    if _Budget.deadline is not None and time.monotonic() > _Budget.deadline:
+        elapsed = time.monotonic() - _Budget.started
+        print(f"Done {_Budget.runs} runs in {elapsed:.0f} second(s)", file=sys.stderr, flush=True)
+        os._exit(0)
+
+
+def replay(paths: list[str]) -> None:
+    """Run saved inputs once each, in plain Python (no libFuzzer exit path): an exception
+    prints its traceback and exits 1, a native crash kills the process with its signal."""
+    outcome = {"code": 1}
+    atexit.register(lambda: os._exit(outcome["code"]))  # skip native teardown, as above
+    for path in paths:
+        test_one_input(Path(path).read_bytes())
+        print(f"ok {path}", flush=True)
+    outcome["code"] = 0
+
+
 def main(argv: list[str]) -> None:
-    replay = any(not a.startswith("-") for a in argv[1:])
+    inputs = [a for a in argv[1:] if not a.startswith("-")]
+    if inputs:
+        replay(inputs)
+        return
     args = [argv[0]]
     defaults = {
         "-max_total_time": "60",
@@ -158,16 +193,17 @@ def main(argv: list[str]) -> None:
         "-artifact_prefix": str(CRASHES) + os.sep,
         "-max_len": "262144",
     }
-    given = {a.split("=", 1)[0] for a in argv[1:] if a.startswith("-")}
-    args += [f"{k}={v}" for k, v in defaults.items() if k not in given]
-    args += argv[1:]
-    if not replay:
-        # libFuzzer grows the first corpus folder; seeds go into a fresh one each run.
-        corpus = Path(tempfile.mkdtemp(prefix="dfscan-fuzz-corpus-"))
-        write_seeds(corpus)
-        args.append(str(corpus))
+    flags = dict(defaults)
+    flags.update(a.split("=", 1) for a in argv[1:] if a.startswith("-") and "=" in a)
+    _Budget.deadline = time.monotonic() + float(flags.pop("-max_total_time"))
+    args += [f"{k}={v}" for k, v in flags.items()]
+    args += [a for a in argv[1:] if a.startswith("-") and "=" not in a]
+    # libFuzzer grows the first corpus folder; seeds go into a fresh one each run.
+    corpus = Path(tempfile.mkdtemp(prefix="dfscan-fuzz-corpus-"))
+    write_seeds(corpus)
+    args.append(str(corpus))
     CRASHES.mkdir(parents=True, exist_ok=True)
-    atheris.Setup(args, test_one_input)
+    atheris.Setup(args, fuzz_one)
     atheris.Fuzz()
 
 

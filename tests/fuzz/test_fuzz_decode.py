@@ -9,6 +9,7 @@ from __future__ import annotations
 import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -20,21 +21,32 @@ CRASHES = HARNESS.parent / "crashes"
 FUZZ_SECONDS = 20
 
 
-def _run(args: list[str], timeout: float) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, str(HARNESS), *args],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        cwd=HARNESS.parents[2],
-    )
+def _run(args: list[str], timeout: float) -> tuple[int | None, str]:
+    """(exit code, or None if it had to be killed; stderr). A run that ends its work but
+    not its process is killed and judged by what it reported and saved."""
+    with tempfile.TemporaryFile("w+") as err:
+        proc = subprocess.Popen(
+            [sys.executable, str(HARNESS), *args],
+            stdout=subprocess.DEVNULL,
+            stderr=err,
+            text=True,
+            cwd=HARNESS.parents[2],
+        )
+        try:
+            code: int | None = proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+            code = None
+        err.seek(0)
+        return code, err.read()
 
 
 def test_a_short_fuzzing_run_finds_no_crash(tmp_path: Path):
     pytest.importorskip("atheris", reason="atheris is not installed (pip install atheris)")
     artifacts = tmp_path / "artifacts"
     artifacts.mkdir()
-    done = _run(
+    code, stderr = _run(
         [f"-max_total_time={FUZZ_SECONDS}", f"-artifact_prefix={artifacts}/"],
         timeout=FUZZ_SECONDS + 120,
     )
@@ -42,11 +54,12 @@ def test_a_short_fuzzing_run_finds_no_crash(tmp_path: Path):
     for path in found:  # keep every finding as a regression case
         CRASHES.mkdir(exist_ok=True)
         shutil.copy(path, CRASHES / path.name)
-    assert done.returncode == 0 and not found, (
-        f"fuzzing found {[p.name for p in found]} (copied to {CRASHES}):\n{done.stderr[-4000:]}"
+    assert code == 0 and not found, (
+        f"fuzzing found {[p.name for p in found]} (copied to {CRASHES}), exit {code}:\n"
+        + stderr[-4000:]
     )
-    runs = [line for line in done.stderr.splitlines() if line.startswith("Done ")]
-    assert runs and int(runs[-1].split()[1]) > 1000, done.stderr[-2000:]  # it really ran
+    runs = [line for line in stderr.splitlines() if line.startswith("Done ")]
+    assert runs and int(runs[-1].split()[1]) > 1000, stderr[-2000:]  # it really ran
 
 
 def test_saved_crashing_inputs_are_handled_now():
@@ -54,5 +67,5 @@ def test_saved_crashing_inputs_are_handled_now():
     saved = sorted(p for p in CRASHES.glob("*") if p.is_file() and not p.name.startswith("."))
     if not saved:
         pytest.skip("no saved fuzzing findings")
-    done = _run([str(p) for p in saved], timeout=120 + 60 * len(saved))
-    assert done.returncode == 0, done.stderr[-4000:]
+    code, stderr = _run([str(p) for p in saved], timeout=120 + 60 * len(saved))
+    assert code == 0, f"exit {code}:\n{stderr[-4000:]}"

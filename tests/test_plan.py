@@ -1,0 +1,71 @@
+"""`dfscan plan`: arithmetic from measured costs, and docs/capacity.md is its output."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import pytest
+
+from pipelines.config import ConfigError
+from pipelines.plan import DEFAULT_COSTS, MeasuredCosts, load_costs, plan, render
+
+ROOT = Path(__file__).resolve().parent.parent
+# The two plans docs/capacity.md shows, each rendered by `dfscan plan --markdown`.
+DOC_PLANS = [
+    dict(videos_per_day=1_000_000, mean_duration=30.0, gpu_type="t4", cores_per_node=16),
+    dict(videos_per_day=1_000_000, mean_duration=30.0, gpu_type=None, cores_per_node=16),
+]
+
+
+def costs(**kw: float) -> MeasuredCosts:
+    base = dict(
+        decode_s_per_video_s=0.03,
+        detect_s_per_frame=0.02,
+        faces_per_frame=1.5,
+        score_s_per_face=0.01,
+        source="test",
+    )
+    base.update(kw)
+    return MeasuredCosts(**base)  # type: ignore[arg-type]
+
+
+def test_cpu_only_plan_adds_scoring_to_the_cpu_cost():
+    lines = dict(plan(costs(), 86_400, 10.0, None, 16))
+    # per video: decode 0.3 + detect 0.64 + score 0.01 x 48 faces = 1.42 core-s
+    assert lines["CPU per day"].startswith("1.420 core-s x 86,400")
+    assert lines["CPU cores needed"].endswith("= 2.0 cores")  # 1.42 / 0.7 headroom
+    assert lines["CPU nodes (16 cores)"].endswith("= 1")
+
+
+def test_gpu_plan_moves_scoring_off_the_cpus_and_names_the_published_figure():
+    lines = dict(plan(costs(), 1_000_000, 30.0, "t4", 16))
+    assert "score per video (CPU)" not in lines
+    assert "published, t4" in lines["GPU scorers"]
+    assert lines["bottleneck"].startswith("decode")
+
+
+def test_missing_costs_file_is_a_config_error(tmp_path: Path):
+    with pytest.raises(ConfigError, match="make bench"):
+        load_costs(tmp_path / "none.json")
+
+
+def test_capacity_doc_is_the_plans_output_for_the_committed_measurements():
+    data = json.loads(DEFAULT_COSTS.read_text())
+    assert data["cores"] >= 1 and data["scans"]
+    measured = load_costs(DEFAULT_COSTS)
+    doc = (ROOT / "docs" / "capacity.md").read_text()
+    for kw in DOC_PLANS:
+        args = argparse.Namespace(markdown=True, **kw)
+        lines = plan(
+            measured,
+            kw["videos_per_day"],
+            kw["mean_duration"],
+            kw["gpu_type"],
+            kw["cores_per_node"],
+        )
+        rendered = render(args, lines, measured).replace(
+            str(DEFAULT_COSTS), "benchmarks/results/throughput.json"
+        )
+        assert rendered in doc
