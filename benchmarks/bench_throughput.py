@@ -234,7 +234,14 @@ def main() -> int:
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
     Path(args.json).write_text(
         json.dumps(
-            {"cores": CORES, "videos": len(videos), "floors": floors, "scans": rows}, indent=2
+            {
+                "cores": CORES,
+                "videos": len(videos),
+                "video_seconds": video_seconds(videos),  # the corpus's total duration
+                "floors": floors,
+                "scans": rows,
+            },
+            indent=2,
         )
     )
     console.print(f"numbers written to {args.json}")

@@ -5,6 +5,8 @@ face-shard reading, and the JPEG crops inside shards.
     python tests/fuzz/fuzz_decode.py -max_total_time=600   # any libFuzzer flag
     python tests/fuzz/fuzz_decode.py tests/fuzz/crashes/*   # replay saved inputs once
 
+The growing corpus lives in ``tests/fuzz/corpus/`` (``DFSCAN_FUZZ_CORPUS`` to move it).
+
 The first byte of an input picks the target, the rest is the file:
 ``0`` a video through ``FrameDecoder`` (limits, allow-lists, sampling, conversion);
 ``1`` a Parquet face shard through ``ShardFaceReader.read_part``; ``2`` a JPEG crop
@@ -50,6 +52,7 @@ with atheris.instrument_imports(include=["operators", "pipelines", "schemas"]):
     from schemas.arrow import FACE_SHARD_SCHEMA
 
 CRASHES = ROOT / "tests" / "fuzz" / "crashes"
+CORPUS = ROOT / "tests" / "fuzz" / "corpus"
 DECODE, SHARD, CROP = 0, 1, 2
 # Small limits keep each input cheap; the allow-lists and checks are the real ones.
 LIMITS = LimitsConfig(max_pixels=4096 * 4096, max_frames=20_000, timeout_s=10.0, isolate=False)
@@ -198,8 +201,9 @@ def main(argv: list[str]) -> None:
     _Budget.deadline = time.monotonic() + float(flags.pop("-max_total_time"))
     args += [f"{k}={v}" for k, v in flags.items()]
     args += [a for a in argv[1:] if a.startswith("-") and "=" not in a]
-    # libFuzzer grows the first corpus folder; seeds go into a fresh one each run.
-    corpus = Path(tempfile.mkdtemp(prefix="dfscan-fuzz-corpus-"))
+    # libFuzzer grows the first corpus folder: kept between runs (git-ignored), so each
+    # run starts where the last one got to; the seeds are (re)written into it.
+    corpus = Path(os.environ.get("DFSCAN_FUZZ_CORPUS", str(CORPUS)))
     write_seeds(corpus)
     args.append(str(corpus))
     CRASHES.mkdir(parents=True, exist_ok=True)

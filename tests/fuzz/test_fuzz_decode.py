@@ -6,6 +6,7 @@ The run is time-bounded (20 s); a finding fails the test and is copied to
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import sys
@@ -21,12 +22,16 @@ CRASHES = HARNESS.parent / "crashes"
 FUZZ_SECONDS = 20
 
 
-def _run(args: list[str], timeout: float) -> tuple[int | None, str]:
+def _run(args: list[str], timeout: float, corpus: Path | None = None) -> tuple[int | None, str]:
     """(exit code, or None if it had to be killed; stderr). A run that ends its work but
     not its process is killed and judged by what it reported and saved."""
     with tempfile.TemporaryFile("w+") as err:
+        env = dict(os.environ)
+        if corpus is not None:
+            env["DFSCAN_FUZZ_CORPUS"] = str(corpus)
         proc = subprocess.Popen(
             [sys.executable, str(HARNESS), *args],
+            env=env,
             stdout=subprocess.DEVNULL,
             stderr=err,
             text=True,
@@ -49,6 +54,7 @@ def test_a_short_fuzzing_run_finds_no_crash(tmp_path: Path):
     code, stderr = _run(
         [f"-max_total_time={FUZZ_SECONDS}", f"-artifact_prefix={artifacts}/"],
         timeout=FUZZ_SECONDS + 120,
+        corpus=tmp_path / "corpus",
     )
     found = sorted(artifacts.iterdir())
     for path in found:  # keep every finding as a regression case
