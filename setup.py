@@ -36,7 +36,11 @@ setuptools.setup(
     packages=setuptools.find_packages(
         include=["pipelines", "pipelines.*", "operators", "operators.*", "schemas", "schemas.*"]
     ),
-    package_data={"schemas": ["sql/*.sql"], "pipelines": ["templates/*.html"]},
+    package_data={
+        "schemas": ["sql/*.sql"],
+        "pipelines": ["templates/*.html"],
+        "operators": ["models/manifest.json"],
+    },
     install_requires=CORE,
     extras_require={
         "s3": ["s3fs>=2024.2"],
