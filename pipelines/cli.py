@@ -29,7 +29,7 @@ from pipelines.config import (
     ScanConfig,
     ScorerConfig,
 )
-from pipelines.limits_cli import add_limit_arguments, limits_from_args
+from pipelines.limits_cli import _positive, add_limit_arguments, limits_from_args
 
 DEFAULT_MODEL = "artifacts/starter.pt"
 DEFAULT_OUT = "out"
@@ -71,19 +71,6 @@ def _storage_options(text: str | None) -> dict[str, Any]:
     if not isinstance(value, dict):
         raise ConfigError("--storage-options must be a JSON object")
     return value
-
-
-def _positive(kind: type) -> Any:
-    def parse(text: str) -> Any:
-        try:
-            value = kind(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-        if value <= 0:
-            raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
-        return value
-
-    return parse
 
 
 def _fraction(text: str) -> float:

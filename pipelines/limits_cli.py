@@ -13,6 +13,8 @@ from pipelines.config import ConfigError, LimitsConfig
 
 
 def _positive(kind: type) -> Any:
+    """argparse type: a number > 0 (shared by every CLI module)."""
+
     def parse(text: str) -> Any:
         try:
             value = kind(text)
