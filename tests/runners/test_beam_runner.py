@@ -7,7 +7,6 @@ build the pipeline graph (offline: nothing is submitted, nothing downloaded).
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -32,19 +31,16 @@ from pipelines.beam_runner import (
 )
 from pipelines.config import (
     ConfigError,
-    DetectorConfig,
     EngineConfig,
-    SamplingConfig,
     ScanConfig,
     ScorerConfig,
 )
 from pipelines.graph import ModelInfo, build_operators
-from pipelines.scan import RUNNERS, run_scan
+from pipelines.scan import RUNNERS
 from schemas.arrow import VIDEO_SCANS_SCHEMA
 from schemas.records import VideoFile, VideoScan, VideoStatus
-from tests.conftest import REAL_VIDEOS
+from tests.runners.parity import PARITY_VIDEOS, scan
 
-PARITY_VIDEOS = ("talking_head_d0.mp4", "hamilton_clip.mp4")
 STAGES = {"hash", "decode_detect", "write_shards", "score_faces", "aggregate", "write_warehouse"}
 DATAFLOW_ARGS = (
     "--runner=DataflowRunner",
@@ -59,37 +55,6 @@ DATAFLOW_ARGS = (
 
 
 # --- fixtures -------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def parity_inputs(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Two real videos (one with two people) and a text file posing as a video."""
-    d = tmp_path_factory.mktemp("parity_in")
-    for name in PARITY_VIDEOS:
-        shutil.copyfile(REAL_VIDEOS / name, d / name)
-    (d / "bad.mp4").write_text("definitely not a video\n" * 20)
-    return d
-
-
-def scan_config(inputs: Path, out: Path, checkpoint: Path, runner: str) -> ScanConfig:
-    return ScanConfig(
-        input_uri=str(inputs),
-        out_uri=str(out),
-        warehouse_url=f"duckdb://{out}/scans.duckdb",
-        run_id=f"parity-{runner}",
-        sampling=SamplingConfig.parse("uniform:8"),
-        detector=DetectorConfig.build("scrfd-500m"),
-        scorer=ScorerConfig(checkpoint=str(checkpoint)),
-        engine=EngineConfig(runner),
-        progress=False,
-    )
-
-
-def scan(inputs: Path, out: Path, checkpoint: Path, runner: str) -> dict[str, VideoScan]:
-    """Rows as the driver received them, by file name."""
-    got: list[VideoScan] = []
-    run_scan(scan_config(inputs, out, checkpoint, runner), on_row=lambda row, n: got.append(row))
-    return {Path(r.uri).name: r for r in got}
 
 
 @pytest.fixture(scope="module")

@@ -8,7 +8,6 @@ down after; the runner sees it running and leaves it alone.
 from __future__ import annotations
 
 import re
-import shutil
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -19,9 +18,7 @@ import pytest
 from operators.base import Operator, Resources
 from operators.metrics import ScanMetrics
 from pipelines.config import (
-    DetectorConfig,
     EngineConfig,
-    SamplingConfig,
     ScanConfig,
     ScorerConfig,
 )
@@ -38,11 +35,10 @@ from pipelines.ray_runner import (
     driver_tail,
     ray_options,
 )
-from pipelines.scan import RUNNERS, run_scan
-from schemas.records import VideoFile, VideoScan, VideoStatus
-from tests.conftest import REAL_VIDEOS
+from pipelines.scan import RUNNERS
+from schemas.records import VideoFile, VideoStatus
+from tests.runners.parity import PARITY_VIDEOS, scan
 
-PARITY_VIDEOS = ("talking_head_d0.mp4", "hamilton_clip.mp4")
 STAGES = {"hash", "decode_detect", "write_shards", "score_faces", "aggregate", "write_warehouse"}
 SMALL_CLUSTER_CPUS = 2.0  # this machine, and the case where whole-CPU actors hang
 
@@ -60,37 +56,6 @@ def ray_cluster() -> Iterator[Any]:
     yield ray
     if started:
         ray.shutdown()
-
-
-@pytest.fixture(scope="module")
-def parity_inputs(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Two real videos (one with two people) and a text file posing as a video."""
-    d = tmp_path_factory.mktemp("ray_parity_in")
-    for name in PARITY_VIDEOS:
-        shutil.copyfile(REAL_VIDEOS / name, d / name)
-    (d / "bad.mp4").write_text("definitely not a video\n" * 20)
-    return d
-
-
-def scan_config(inputs: Path, out: Path, checkpoint: Path, runner: str) -> ScanConfig:
-    return ScanConfig(
-        input_uri=str(inputs),
-        out_uri=str(out),
-        warehouse_url=f"duckdb://{out}/scans.duckdb",
-        run_id=f"parity-{runner}",
-        sampling=SamplingConfig.parse("uniform:8"),
-        detector=DetectorConfig.build("scrfd-500m"),
-        scorer=ScorerConfig(checkpoint=str(checkpoint)),
-        engine=EngineConfig(runner),
-        progress=False,
-    )
-
-
-def scan(inputs: Path, out: Path, checkpoint: Path, runner: str) -> dict[str, VideoScan]:
-    """Rows as the driver received them, by file name."""
-    got: list[VideoScan] = []
-    run_scan(scan_config(inputs, out, checkpoint, runner), on_row=lambda row, n: got.append(row))
-    return {Path(r.uri).name: r for r in got}
 
 
 @pytest.fixture(scope="module")
