@@ -1,14 +1,26 @@
-"""Rebuild each video's faces from its committed face shard, so a new model can score
-them without decoding the video again (``dfscan rescore``).
+"""Reading the face-shard dataset: which parts are committed, and their faces.
 
-The driver picks one part per video (``ShardVideo.shard_uri``); this operator reads
-each part of a batch once, with a ``video_id`` filter that row-group statistics turn
-into a read of only the row groups holding those videos (rows are sorted by video).
+A part is committed when a commit record names it (``operators/shard_layout.py``): a
+file in the data directories without one (a crash between moving the part into place
+and writing its record, or a stray file) is invisible to every reader. ``list_shards``
+is the one listing every reader starts from: one recursive listing of the faces root,
+one read per finished run (its summary carries its records) and one per record of a
+run that has not finished. Two runs that committed the same part (a rerun) give one
+part: readers dedupe by path, the content being the same by construction.
+
+``ShardFaceReader`` rebuilds each video's faces for ``dfscan rescore``. The driver picks
+one part per video (``ShardVideo.shard_uri``); it reads each part of a batch once, with
+a ``video_id`` filter that row-group statistics turn into a read of only the row groups
+holding those videos (rows are sorted by video).
 """
 
 from __future__ import annotations
 
-from collections import defaultdict
+import datetime as dt
+import posixpath
+from collections import Counter, defaultdict
+from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import fsspec
@@ -16,8 +28,294 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from operators.base import Operator, Resources
+from operators.shard_layout import (
+    COMMITS_DIR,
+    PART_PATH,
+    RUN_COMPLETE,
+    RUNS_DIR,
+    TMP_DIR,
+    CommitRecord,
+    DamagedRecord,
+    RunRecord,
+    commit_path,
+    decode_json,
+    parse_commit,
+    parse_run,
+    run_commits_dir,
+)
 from schemas.arrow import FACE_SHARD_SCHEMA
 from schemas.records import FaceCrop, ShardVideo, VideoFaces, VideoStatus
+
+
+@dataclass(frozen=True)
+class CommittedPart:
+    """A part readers take: its newest commit record, with the size stored now."""
+
+    uri: str
+    path: str  # relative to the faces root
+    dt: str
+    detector: str
+    rows: int
+    bytes: int
+    faces_per_video: Mapping[str, int]
+    runs: tuple[str, ...]  # every run that committed this path (a rerun adds one)
+    written_at: str
+
+    @property
+    def videos(self) -> int:
+        return len(self.faces_per_video)
+
+
+@dataclass(frozen=True)
+class StoredFile:
+    """A file that is not a committed part: uncommitted, temporary or stray."""
+
+    uri: str
+    path: str  # relative to the faces root
+    bytes: int
+    modified: float | None  # seconds since the epoch, when the store reports it
+
+    @property
+    def in_layout(self) -> bool:
+        """Named like a part this layout writes (not some other file left here)."""
+        return bool(PART_PATH.match(self.path))
+
+
+@dataclass(frozen=True)
+class RunInfo:
+    run_id: str
+    parts: int
+    rows: int
+    bytes: int
+    videos: int
+    complete: bool  # its summary exists and covers every record it wrote
+    started_at: str | None  # first commit record
+    finished_at: str | None
+
+
+@dataclass(frozen=True)
+class ShardListing:
+    parts: tuple[CommittedPart, ...]
+    runs: tuple[RunInfo, ...]
+    uncommitted: tuple[StoredFile, ...]  # in the data directories, no commit record
+    temporary: tuple[StoredFile, ...]  # under _tmp/: writes in progress or abandoned
+    missing: tuple[str, ...]  # committed paths whose file is gone
+    damaged: tuple[str, ...]  # records or summaries that cannot be parsed, with why
+
+
+def _modified(info: Mapping[str, Any]) -> float | None:
+    # Local: mtime (float); s3fs: LastModified (datetime); gcsfs: updated (ISO string).
+    for key in ("mtime", "LastModified", "updated"):
+        value = info.get(key)
+        if isinstance(value, dt.datetime):
+            return value.timestamp()
+        if isinstance(value, int | float):
+            return float(value)
+        if isinstance(value, str):
+            try:
+                return dt.datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
+            except ValueError:
+                continue
+    return None
+
+
+def _read_json(fs: Any, paths: list[str]) -> dict[str, Any]:
+    """Path -> decoded JSON, or the ``DamagedRecord`` saying why not; read concurrently
+    on object stores (``cat_ranges`` also never expands glob characters in paths)."""
+    if not paths:
+        return {}
+    out: dict[str, Any] = {}
+    for path, raw in zip(paths, fs.cat_ranges(paths, None, None, on_error="raise"), strict=True):
+        try:
+            out[path] = decode_json(raw)
+        except DamagedRecord as err:
+            out[path] = err
+    return out
+
+
+def read_records(fs: Any, paths: list[str]) -> tuple[dict[str, CommitRecord], list[str]]:
+    """Commit records at ``paths`` (filesystem paths); and the damaged ones, with why."""
+    records: dict[str, CommitRecord] = {}
+    damaged: list[str] = []
+    for path, value in _read_json(fs, paths).items():
+        try:
+            if isinstance(value, DamagedRecord):
+                raise value
+            records[path] = parse_commit(value)
+        except DamagedRecord as err:
+            damaged.append(f"{path}: {err}")
+    return records, damaged
+
+
+def list_shards(faces_uri: str, storage_options: dict[str, Any] | None = None) -> ShardListing:
+    """Everything under ``faces_uri``, sorted into committed parts, runs and leftovers."""
+    fs, root = fsspec.core.url_to_fs(faces_uri, **(storage_options or {}))
+    root = root.rstrip("/")
+    prefix = root + "/"
+    stored = {
+        path[len(prefix) :]: info
+        for path, info in fs.find(root, detail=True).items()
+        if path.startswith(prefix) and info.get("type") != "directory"
+    }
+
+    def uri(rel: str) -> str:
+        return str(fs.unstrip_protocol(prefix + rel))
+
+    def stored_file(rel: str) -> StoredFile:
+        info = stored[rel]
+        return StoredFile(uri(rel), rel, int(info.get("size") or 0), _modified(info))
+
+    damaged: list[str] = []
+    summaries: list[RunRecord] = []
+    run_files = sorted(r for r in stored if r.startswith(f"{RUNS_DIR}/") and r.endswith(".json"))
+    for path, value in _read_json(fs, [prefix + r for r in run_files]).items():
+        try:
+            if isinstance(value, DamagedRecord):
+                raise value
+            summaries.append(parse_run(value))
+        except DamagedRecord as err:
+            damaged.append(f"{path}: {err}")
+
+    # Records by run directory: a finished run's come from its summary, the rest (an
+    # unfinished run, or a run id reused after a crash) from the record files.
+    by_dir: dict[str, list[CommitRecord]] = defaultdict(list)
+    summary_of: dict[str, RunRecord] = {}
+    covered: set[str] = set()
+    for run in summaries:
+        run_dir = run_commits_dir(run.run_id)
+        summary_of[run_dir] = run
+        by_dir[run_dir].extend(run.commits)
+        covered.update(commit_path(run.run_id, posixpath.basename(c.path)) for c in run.commits)
+    markers = sorted(
+        r
+        for r in stored
+        if r.startswith(f"{COMMITS_DIR}/") and r.endswith(".json") and r not in covered
+    )
+    records, bad = read_records(fs, [prefix + r for r in markers])
+    damaged.extend(bad)
+    extra_dirs: set[str] = set()
+    for path, record in records.items():
+        run_dir = posixpath.dirname(path[len(prefix) :])
+        by_dir[run_dir].append(record)
+        extra_dirs.add(run_dir)
+
+    runs: list[RunInfo] = []
+    of_path: dict[str, list[CommitRecord]] = defaultdict(list)
+    for run_dir, commits in by_dir.items():
+        for c in commits:
+            of_path[c.path].append(c)
+        summary = summary_of.get(run_dir)
+        started = min((c.written_at for c in commits), default=None)
+        runs.append(
+            RunInfo(
+                run_id=summary.run_id if summary else commits[0].run_id,
+                parts=len(commits),
+                rows=sum(c.rows for c in commits),
+                bytes=sum(c.bytes for c in commits),
+                videos=len({v for c in commits for v in c.faces_per_video}),
+                complete=bool(summary and summary.status == RUN_COMPLETE)
+                and run_dir not in extra_dirs,
+                started_at=started,
+                finished_at=summary.finished_at if summary else None,
+            )
+        )
+    runs.sort(key=lambda r: (r.started_at or r.finished_at or "", r.run_id))
+
+    parts: list[CommittedPart] = []
+    missing: list[str] = []
+    for path, commits in sorted(of_path.items()):
+        if path not in stored:
+            missing.append(uri(path))
+            continue
+        newest = max(commits, key=lambda c: (c.written_at, c.run_id))
+        parts.append(
+            CommittedPart(
+                uri=uri(path),
+                path=path,
+                dt=newest.dt,
+                detector=newest.detector,
+                rows=newest.rows,
+                bytes=int(stored[path].get("size") or 0),
+                faces_per_video=newest.faces_per_video,
+                runs=tuple(sorted({c.run_id for c in commits})),
+                written_at=newest.written_at,
+            )
+        )
+    data = sorted(
+        r
+        for r in stored
+        if r not in of_path and not any(s.startswith(("_", ".")) for s in r.split("/"))
+    )
+    temporary = sorted(r for r in stored if r.startswith(f"{TMP_DIR}/"))
+    return ShardListing(
+        parts=tuple(parts),
+        runs=tuple(runs),
+        uncommitted=tuple(stored_file(r) for r in data),
+        temporary=tuple(stored_file(r) for r in temporary),
+        missing=tuple(missing),
+        damaged=tuple(damaged),
+    )
+
+
+def committed_parts(
+    faces_uri: str, storage_options: dict[str, Any] | None = None
+) -> list[CommittedPart]:
+    """The parts readers take under ``faces_uri``, one per path, sorted by path."""
+    return list(list_shards(faces_uri, storage_options).parts)
+
+
+# What makes two parts' faces of one video the same faces (cut the same way): a video in
+# two parts under one key was committed twice (a rerun batched it differently after a
+# crash between its part's commit and its warehouse row); under two keys it was cut
+# twice on purpose (another detector, sampling or crop scale) and both count.
+CUT_KEY = ("video_id", "detector_sha256", "sampling", "crop_scale")
+
+
+def read_face_shards(
+    faces_uri: str,
+    storage_options: dict[str, Any] | None = None,
+    columns: list[str] | None = None,
+    video_ids: list[str] | None = None,
+) -> pa.Table:
+    """Face rows of the committed parts under ``faces_uri`` (nothing else is ever read),
+    each video's faces once per cut (``CUT_KEY``): when a rerun committed a video in a
+    second part, only the newest part's rows of it are returned.
+
+    With ``video_ids``, only the parts whose records list one of them are opened."""
+    import pyarrow.compute as pc
+    import pyarrow.dataset as ds
+
+    fs, root = fsspec.core.url_to_fs(faces_uri, **(storage_options or {}))
+    parts = committed_parts(faces_uri, storage_options)
+    if video_ids is not None:
+        wanted = set(video_ids)
+        parts = [p for p in parts if not wanted.isdisjoint(p.faces_per_video)]
+    full = {p.path: f"{root.rstrip('/')}/{p.path}" for p in parts}
+    dataset = ds.dataset(
+        list(full.values()), schema=FACE_SHARD_SCHEMA, format="parquet", filesystem=fs
+    )
+    flt = ds.field("video_id").isin(video_ids) if video_ids is not None else None
+    listed = Counter(v for p in parts for v in p.faces_per_video)
+    if all(n == 1 for n in listed.values()):
+        return dataset.to_table(columns=columns, filter=flt)
+    wanted_columns = list(columns) if columns is not None else list(FACE_SHARD_SCHEMA.names)
+    extra = [c for c in (*CUT_KEY, "__filename") if c not in wanted_columns]
+    table = dataset.to_table(columns=wanted_columns + extra, filter=flt)
+    # Rank the parts newest first; per (cut, video) keep the best-ranked part's rows.
+    rank = {
+        full[p.path]: i
+        for i, p in enumerate(sorted(parts, key=lambda p: (p.written_at, p.path), reverse=True))
+    }
+    index = table.select([*CUT_KEY, "__filename"]).group_by([*CUT_KEY, "__filename"]).aggregate([])
+    best: dict[tuple[Any, ...], str] = {}
+    for row in index.to_pylist():
+        key = tuple(row[c] for c in CUT_KEY)
+        if key not in best or rank[row["__filename"]] < rank[best[key]]:
+            best[key] = row["__filename"]
+    keep_keys = pa.array([f"{k[0]}|{f}" for k, f in best.items()])
+    row_keys = pc.binary_join_element_wise(table["video_id"], table["__filename"], "|")
+    table = table.filter(pc.is_in(row_keys, value_set=keep_keys))
+    return table.drop_columns(extra)
 
 
 class DamagedShard(ValueError):

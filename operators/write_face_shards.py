@@ -1,11 +1,15 @@
-"""Face shards: the crops of a batch of videos as one Parquet file, committed atomically.
+"""Face shards: the crops of a batch of videos as one Parquet part, committed atomically.
 
-Layout: ``<faces>/detector=<name>/part-<digest>.parquet``. The digest is a hash of the
-sorted video ids and the settings that shaped the crops, so a rerun of the same batch
-writes the same name (it replaces, never duplicates). A part is written under
-``<faces>/_tmp/`` and moved into place only when complete: a local rename is atomic and
-an object-store PUT of the moved object is all-or-nothing, so a crash never leaves a
-half shard where readers look. Readers (pyarrow datasets) skip ``_``-prefixed paths.
+Layout and commit protocol: ``operators/shard_layout.py``. In short, a batch is split
+per (upload date, detector) into ``<faces>/dt=<date>/detector=<name>/part-<digest>.parquet``;
+the digest hashes the sorted video ids and the settings that shaped the crops, so a
+rerun of the same batch writes the same names (it replaces, never duplicates). Each
+part is written under ``<faces>/_tmp/``, moved into place whole (a local rename is
+atomic; an object-store PUT of the moved object is all-or-nothing), and only then made
+visible by a commit record under ``<faces>/_commits/run=<run_id>/``. The warehouse row
+comes after, so every row's shard is committed; a crash before the record leaves a part
+that no reader takes. At the end of a scan the driver writes the run's summary
+(``commit_run``).
 
 Row groups hold 1024 faces (~10-20 MB of 224 px JPEGs): large enough for efficient
 scans, small enough that reading one video's thumbnails does not pull a whole file;
@@ -17,6 +21,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import uuid
+from collections import Counter
 from typing import Any
 
 import fsspec
@@ -24,8 +29,24 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from operators.base import Operator, Resources
-from schemas.arrow import FACE_SHARD_SCHEMA
+from operators.read_shards import read_face_shards, read_records
+from operators.shard_layout import (
+    TMP_DIR,
+    CommitRecord,
+    RunRecord,
+    commit_path,
+    part_path,
+    partition_date,
+    put_json,
+    run_commits_dir,
+    run_path,
+    utc_now,
+)
+from schemas.arrow import FACE_SHARD_SCHEMA, FACE_SHARD_SCHEMA_VERSION
 from schemas.records import VideoFaces
+
+# read_face_shards lives with the readers; many callers import it from here.
+__all__ = ["FaceShardWriter", "commit_run", "faces_table", "read_face_shards", "shard_name"]
 
 ROW_GROUP_ROWS = 1024
 
@@ -63,8 +84,8 @@ def faces_table(videos: list[VideoFaces], run_id: str, crop_scale: float) -> pa.
 
 
 class FaceShardWriter(Operator[VideoFaces, VideoFaces]):
-    """Writes the faces of each batch to one committed part; passes the videos on with
-    ``shard_uri`` set (videos without faces pass through untouched)."""
+    """Writes the faces of each batch to committed parts, one per (upload date, detector);
+    passes the videos on with ``shard_uri`` set (videos without faces pass untouched)."""
 
     name = "write_shards"
 
@@ -91,17 +112,17 @@ class FaceShardWriter(Operator[VideoFaces, VideoFaces]):
 
     def setup(self) -> None:
         self._fs, self._root = fsspec.core.url_to_fs(self.faces_uri, **self.storage_options)
+        self._root = self._root.rstrip("/")
 
     def process_batch(self, items: list[VideoFaces]) -> list[VideoFaces]:
-        with_faces = [v for v in items if v.faces]
-        if not with_faces:
-            return list(items)
-        by_detector: dict[str, list[VideoFaces]] = {}
-        for v in with_faces:
-            by_detector.setdefault(v.detector.name, []).append(v)
+        groups: dict[tuple[str, str], list[VideoFaces]] = {}
+        for v in items:
+            if v.faces:
+                key = (partition_date(v.ref.mtime), v.detector.name)
+                groups.setdefault(key, []).append(v)
         shard_of: dict[str, str] = {}
-        for detector, videos in sorted(by_detector.items()):
-            uri = self.write(videos, detector)
+        for (date, detector), videos in sorted(groups.items()):
+            uri = self.write(videos, detector, date)
             shard_of.update({v.ref.video_id: uri for v in videos})
         return [
             dataclasses.replace(v, shard_uri=shard_of[v.ref.video_id])
@@ -110,41 +131,52 @@ class FaceShardWriter(Operator[VideoFaces, VideoFaces]):
             for v in items
         ]
 
-    def write(self, videos: list[VideoFaces], detector: str) -> str:
-        """Write one part and commit it by moving it into place; return its URI."""
+    def write(self, videos: list[VideoFaces], detector: str, date: str) -> str:
+        """Write one part, move it into place, commit it; return its URI."""
         if self._fs is None:
             self.setup()
-        fs = self._fs
+        fs, root = self._fs, self._root
         table = faces_table(videos, self.run_id, self.crop_scale)
         name = shard_name(videos, self.crop_scale)
-        final = f"{self._root}/detector={detector}/{name}"
-        tmp = f"{self._root}/_tmp/{name}.{uuid.uuid4().hex}"
-        fs.makedirs(f"{self._root}/_tmp", exist_ok=True)
-        fs.makedirs(f"{self._root}/detector={detector}", exist_ok=True)
+        rel = part_path(date, detector, name)
+        final = f"{root}/{rel}"
+        tmp = f"{root}/{TMP_DIR}/{name}.{uuid.uuid4().hex}"
+        fs.makedirs(f"{root}/{TMP_DIR}", exist_ok=True)
+        fs.makedirs(final.rsplit("/", 1)[0], exist_ok=True)
         with fs.open(tmp, "wb") as fh:
             pq.write_table(table, fh, row_group_size=ROW_GROUP_ROWS, compression="zstd")
+            size = fh.tell()
         fs.mv(tmp, final)
+        faces = Counter(table.column("video_id").to_pylist())
+        record = CommitRecord(
+            path=rel,
+            rows=table.num_rows,
+            bytes=int(size),
+            videos=len(faces),
+            faces_per_video=dict(faces),
+            detector=detector,
+            dt=date,
+            run_id=self.run_id,
+            schema_version=FACE_SHARD_SCHEMA_VERSION,
+            written_at=utc_now(),
+        )
+        put_json(fs, root, commit_path(self.run_id, name), record.to_dict())
         return str(fs.unstrip_protocol(final))
 
 
-def read_face_shards(
-    faces_uri: str,
-    storage_options: dict[str, Any] | None = None,
-    columns: list[str] | None = None,
-    video_ids: list[str] | None = None,
-) -> pa.Table:
-    """Committed face rows under ``faces_uri`` (temporary files are never read)."""
-    import pyarrow.dataset as ds
+def commit_run(
+    faces_uri: str, run_id: str, storage_options: dict[str, Any] | None = None
+) -> RunRecord:
+    """Mark ``run_id`` complete: its summary, from its commit records, under ``_runs/``.
 
+    Called by the driver once every part of the run is committed (whatever the engine:
+    the records were written by the workers, the summary is written once, here)."""
     fs, root = fsspec.core.url_to_fs(faces_uri, **(storage_options or {}))
-    if not fs.exists(root):
-        return FACE_SHARD_SCHEMA.empty_table()
-    dataset = ds.dataset(
-        root,
-        schema=FACE_SHARD_SCHEMA,
-        format="parquet",
-        filesystem=fs,
-        ignore_prefixes=[".", "_"],
-    )
-    flt = ds.field("video_id").isin(video_ids) if video_ids is not None else None
-    return dataset.to_table(columns=columns, filter=flt)
+    root = root.rstrip("/")
+    commits_dir = f"{root}/{run_commits_dir(run_id)}"
+    paths = sorted(p for p in fs.find(commits_dir) if p.endswith(".json"))
+    records, _damaged = read_records(fs, paths)  # damaged ones: reported by `shards ls`
+    commits = [c for c in records.values() if c.run_id == run_id]
+    run = RunRecord.complete(run_id, commits)
+    put_json(fs, root, run_path(run_id), run.to_dict())
+    return run

@@ -15,6 +15,7 @@ from pipelines.cli import main
 from pipelines.config import ConfigError, RescoreConfig, ScorerConfig
 from pipelines.rescore import run_rescore
 from schemas.records import DetectorInfo, FaceCrop, VideoFaces, VideoRef, VideoStatus
+from tests.test_write_face_shards import Killed, crash_before_record
 from tests.test_write_warehouse import make_scan
 
 OLD_MODEL = "resnet18-000000000000"
@@ -159,6 +160,22 @@ def test_a_video_in_two_parts_is_scored_from_the_part_its_row_names(
     assert {v: r["faces"] for v, r in new.items()} == {"a": 3, "b": 2, "c": 2}  # not 6
     assert new["a"]["shard_uri"] == first["a"]  # the part its row names
     assert new["c"]["size_bytes"] == -1  # no earlier row: size unknown, said so
+
+
+def test_a_part_without_a_commit_record_is_not_rescored(
+    tmp_path: Path, jpegs: list[bytes], tiny_checkpoint: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A scan killed between moving b's part into place and committing it: only a counts."""
+    out = tmp_path / "out"
+    write_parts(out, [[faces_of("a", 3, jpegs)]], "run-1")
+    crash_before_record(monkeypatch)
+    with pytest.raises(Killed):
+        write_parts(out, [[faces_of("b", 2, jpegs)]], "killed")
+    monkeypatch.undo()
+    assert len(list((out / "faces").glob("dt=*/detector=*/part-*.parquet"))) == 2
+    summary = run_rescore(config(out, tiny_checkpoint))
+    assert summary.videos == 1
+    assert [(r["video_id"], r["faces"]) for r in rows(out)] == [("a", 3)]
 
 
 def test_a_model_trained_on_another_crop_scale_is_refused(

@@ -9,6 +9,7 @@ land on disk (a wrong secret is refused; a whole scan goes bucket to bucket).
 from __future__ import annotations
 
 import contextlib
+import datetime as dt
 import hashlib
 import json
 import logging
@@ -143,9 +144,12 @@ def test_shards_commit_under_their_prefix_whatever_the_video_key(moto_options) -
             ]
         )
     objects = fs.find("shards")
-    assert len(objects) == 1
-    [key] = objects
-    assert key.startswith("shards/out/faces/detector=scrfd-500m/part-") and key.endswith(".parquet")
+    [key] = [k for k in objects if k.endswith(".parquet")]
+    # No upload time in these refs: the default date partition.
+    part = "shards/out/faces/dt=__HIVE_DEFAULT_PARTITION__/detector=scrfd-500m/part-"
+    assert key.startswith(part)
+    name = key.rsplit("/", 1)[1].removesuffix(".parquet")
+    assert objects == sorted([key, f"shards/out/faces/_commits/run=run-1/{name}.json"])
     assert {v.shard_uri for v in out} == {f"s3://{key}"}
     table = read_face_shards("s3://shards/out/faces", moto_options)
     assert table.num_rows == 5
@@ -153,6 +157,46 @@ def test_shards_commit_under_their_prefix_whatever_the_video_key(moto_options) -
         "s3://up/../../../etc/passwd.mp4",
         "s3://up/ünï/../../x y.mp4",
     ]
+
+
+def test_shard_commits_readers_and_vacuum_on_object_storage(
+    moto_options, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A writer killed between its PUT and its record leaves an object no reader takes;
+    ``vacuum`` removes it once it is past the grace period, and nothing committed."""
+    from operators.read_shards import list_shards
+    from operators.write_face_shards import commit_run
+    from pipelines.shards import vacuum
+    from tests.test_write_face_shards import Killed, crash_before_record
+
+    fs = _fs(moto_options)
+    fs.mkdir("commits")
+    faces = "s3://commits/out/faces"
+    with FaceShardWriter(faces, "run-1", 1.3, moto_options) as w:
+        w.process_batch([_faces("a" * 64, "s3://up/a.mp4", 3)])
+    commit_run(faces, "run-1", moto_options)
+    crash_before_record(monkeypatch)
+    with pytest.raises(Killed), FaceShardWriter(faces, "killed", 1.3, moto_options) as w:
+        w.process_batch([_faces("b" * 64, "s3://up/b.mp4", 2)])
+    monkeypatch.undo()
+
+    listing = list_shards(faces, moto_options)
+    assert [(r.run_id, r.parts, r.rows, r.complete) for r in listing.runs] == [
+        ("run-1", 1, 3, True)
+    ]
+    [orphan] = listing.uncommitted
+    assert orphan.in_layout and orphan.uri.startswith("s3://commits/out/faces/dt=")
+    assert orphan.modified is not None and abs(orphan.modified - time.time()) < 600
+    table = read_face_shards(faces, moto_options)
+    assert set(table.column("video_id").to_pylist()) == {"a" * 64}
+
+    assert vacuum(faces, moto_options).deleted == []  # younger than the grace period
+    done = vacuum(faces, moto_options, now=time.time() + 2 * 3600)
+    assert [f.uri for f in done.deleted] == [orphan.uri]
+    assert not fs.exists(orphan.uri.removeprefix("s3://"))
+    after = list_shards(faces, moto_options)
+    assert after.uncommitted == () and after.temporary == () and len(after.parts) == 1
+    assert read_face_shards(faces, moto_options).num_rows == 3
 
 
 # --- SeaweedFS: a real S3 server with SigV4 checked, storing on disk ------------------
@@ -313,7 +357,11 @@ def test_a_whole_scan_goes_from_one_bucket_to_another(
     for uri, video_id, faces, shard_uri in rows:
         local = REAL_VIDEOS / UPLOADS[uri.removeprefix("s3://uploads/")]
         assert video_id == hashlib.sha256(local.read_bytes()).hexdigest()
-        assert faces > 0 and shard_uri.startswith("s3://scans/nightly/faces/detector=scrfd-500m/")
+        # Partitioned by the UTC date of the upload, as the store reports it.
+        uploaded = fs.info(uri.removeprefix("s3://"))["LastModified"].astimezone(dt.timezone.utc)
+        assert faces > 0 and shard_uri.startswith(
+            f"s3://scans/nightly/faces/dt={uploaded:%Y-%m-%d}/detector=scrfd-500m/part-"
+        )
 
     table = read_face_shards("s3://scans/nightly/faces", seaweed)
     per_video: dict[str, int] = {}
@@ -326,13 +374,16 @@ def test_a_whole_scan_goes_from_one_bucket_to_another(
     assert not [k for k in written if "/_tmp/" in k]  # every part was committed
 
     # The shards tool and a rescore read the same bucket back (no video is decoded).
+    from operators.read_shards import list_shards
     from pipelines.config import RescoreConfig
     from pipelines.rescore import run_rescore
-    from pipelines.shards import list_parts
 
-    parts = list_parts("s3://scans/nightly/faces", seaweed)
-    assert sum(p.rows for p in parts) == table.num_rows
-    assert all(p.uri.startswith("s3://scans/nightly/faces/") for p in parts)
+    listing = list_shards("s3://scans/nightly/faces", seaweed)
+    assert sum(p.rows for p in listing.parts) == table.num_rows
+    assert all(p.uri.startswith("s3://scans/nightly/faces/") for p in listing.parts)
+    assert [(r.run_id, r.complete) for r in listing.runs] == [("s3-run", True)]
+    assert "scans/nightly/faces/_runs/s3-run.json" in written
+    assert listing.uncommitted == () and listing.temporary == ()
     again = run_rescore(
         RescoreConfig(
             faces_uri="s3://scans/nightly/faces",
