@@ -74,16 +74,19 @@ def add_limit_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def limits_from_args(args: argparse.Namespace) -> LimitsConfig:
-    from operators.list_videos import is_manifest
+    from operators.list_videos import is_date_template, is_manifest, template_root
     from operators.uri_policy import UriPolicy, default_prefixes
 
     codecs = tuple(c.strip() for c in args.codecs.split(",") if c.strip())
     if not codecs:
         raise ConfigError("--codecs needs at least one codec name")
     manifest = is_manifest(args.input)
-    prefixes = tuple(args.allow_prefix or default_prefixes(args.input, manifest))
+    # A date-partitioned input's own prefix is the folder above its {date} field; each
+    # day's prefix is checked against the policy when it is listed.
+    template = is_date_template(args.input)
+    prefixes = tuple(args.allow_prefix or default_prefixes(template_root(args.input), manifest))
     policy = UriPolicy.build(prefixes)
-    if not manifest and (why := policy.refusal(args.input)) is not None:
+    if not manifest and not template and (why := policy.refusal(args.input)) is not None:
         raise ConfigError(f"input {args.input} is not allowed: {why}")
     return LimitsConfig(
         max_bytes=args.max_bytes,

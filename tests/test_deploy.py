@@ -25,7 +25,9 @@ import jsonschema
 import pytest
 import yaml
 
+from operators.list_videos import expand_date_template
 from pipelines.cli import DEFAULT_MODEL, build_parser
+from pipelines.window_cli import window_from_args
 
 ROOT = Path(__file__).resolve().parent.parent
 DEPLOY = ROOT / "deploy"
@@ -549,10 +551,15 @@ def test_cronjob_scans_yesterdays_partition(tmp_path: Path) -> None:
     (call,) = run_with_stubs(tmp_path, [*container["command"], *container["args"]], ["dfscan"])
     days.add((dt.datetime.now(dt.timezone.utc) - dt.timedelta(days=1)).date().isoformat())
     args = parse_dfscan(call[1:]).args
-    day = args.input.removeprefix("s3://uploads/dt=").rstrip("/")
-    assert day in days, args.input
-    assert args.out == f"s3://scans/dt={day}/"
+    day = args.out.removeprefix("s3://scans/dt=").rstrip("/")
+    assert day in days, args.out
     assert args.run_id == f"nightly-{day}"  # a retried Job resumes the same run
+    # The input is the day template; the window the CLI resolves at the scheduled time
+    # (02:00 UTC the next day) lists exactly the partition that names the output.
+    assert (args.input, args.since, args.until) == ("s3://uploads/dt={date}/", "yesterday", "today")
+    run_at = dt.datetime.fromisoformat(day).replace(tzinfo=dt.timezone.utc) + dt.timedelta(hours=26)
+    window = window_from_args(args, now=run_at)
+    assert expand_date_template(args.input, window) == [f"s3://uploads/dt={day}/"]
     assert args.pushgateway == "http://pushgateway.monitoring:9091"
 
 
