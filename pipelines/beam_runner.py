@@ -13,7 +13,7 @@ scan list gives::
                          ScorerModelHandler)) -> CombinePerKey (a video's scores in face
                          order) -> CoGroupByKey with its video
       -> aggregate       Flatten with the dead letters + OperatorDoFn(VideoAggregator)
-      -> write_warehouse OperatorDoFn(WarehouseWriter) (or WriteToBigQuery, bigquery://)
+      -> write_warehouse OperatorDoFn(WarehouseWriter) (any warehouse URL, BigQuery included)
       -> WriteToParquet(results) -> read back by the driver, in input order
 
 ``run_scan`` also calls the runner with the hasher alone (to plan an incremental scan)
@@ -41,7 +41,6 @@ from __future__ import annotations
 
 import dataclasses
 import io
-import re
 import shutil
 import tempfile
 import time
@@ -79,7 +78,7 @@ from operators.models.scorers import Scorer
 from operators.score_faces import FaceScorer
 from operators.write_face_shards import FaceShardWriter
 from operators.write_warehouse import WarehouseWriter
-from pipelines.config import ConfigError, EngineConfig, ScorerConfig
+from pipelines.config import EngineConfig, ScorerConfig
 from schemas.arrow import VIDEO_SCANS_SCHEMA
 from schemas.records import ScoredVideo, VideoFaces, VideoRef, VideoScan, VideoStatus
 
@@ -96,8 +95,6 @@ DEAD_LETTER = "dead_letter"
 # the main path (it simply gets no scores).
 ERROR_STATUSES = frozenset(VideoStatus) - {VideoStatus.SCORED, VideoStatus.NO_FACE}
 
-BIGQUERY_PREFIX = "bigquery://"
-_BQ_URL = re.compile(r"^bigquery://([a-z][a-z0-9\-]{4,28}[a-z0-9])/(\w{1,1024})\.(\w{1,1024})$")
 
 INDEX_COLUMN = "_index"  # input position, added to the results hand-off files
 
@@ -377,36 +374,6 @@ RESULT_CODECS: dict[type[Operator], ResultCodec] = {
 }
 
 
-def bigquery_row(row: VideoScan) -> dict[str, Any]:
-    """A row as BigQuery's JSON load takes it (TIMESTAMP as ISO 8601 text)."""
-    d = scan_record(row)
-    d["scanned_at"] = d["scanned_at"].isoformat()
-    return d
-
-
-def bigquery_table(url: str) -> str:
-    """``bigquery://project/dataset.table`` -> ``project:dataset.table``."""
-    m = _BQ_URL.match(url)
-    if not m:
-        raise ConfigError(f"invalid BigQuery URL {url!r}: use bigquery://project/dataset.table")
-    project, dataset, table = m.groups()
-    return f"{project}:{dataset}.{table}"
-
-
-def bigquery_write_kwargs(url: str) -> dict[str, Any]:
-    """WriteToBigQuery settings: load jobs (free, and atomic per job, where streaming
-    inserts are billed), the table created from schemas/ when missing."""
-    from schemas.warehouse import bigquery_schema
-
-    return {
-        "table": bigquery_table(url),
-        "schema": {"fields": bigquery_schema()},
-        "create_disposition": beam.io.BigQueryDisposition.CREATE_IF_NEEDED,
-        "write_disposition": beam.io.BigQueryDisposition.WRITE_APPEND,
-        "method": beam.io.WriteToBigQuery.Method.FILE_LOADS,
-    }
-
-
 # --- graph ----------------------------------------------------------------------------
 
 
@@ -478,15 +445,11 @@ def _translate_aggregator(chain: _Chain, op: VideoAggregator) -> None:
 
 
 def _translate_writer(chain: _Chain, op: WarehouseWriter) -> None:
+    """Every warehouse, BigQuery included, through the same idempotent writer: an
+    upsert (MERGE on BigQuery) per batch, so a retried bundle or a rerun job adds no
+    row. Beam's WriteToBigQuery appends, which would duplicate rows on a retry."""
     chain.rejoin(op.name)
     url = chain.warehouse_url or op.url
-    if url.startswith(BIGQUERY_PREFIX):
-        _ = (
-            chain.main
-            | "BigQuery rows" >> beam.Map(lambda kv: bigquery_row(kv[1]))
-            | "WriteToBigQuery" >> beam.io.WriteToBigQuery(**bigquery_write_kwargs(url))
-        )
-        return
     # Downstream (the driver) sees the rows the warehouse committed, not merely made.
     chain.main = _stage(chain.main, op if url == op.url else WarehouseWriter(url))
 
@@ -523,8 +486,8 @@ def build_pipeline(
     """Add ``operators`` over ``items`` to ``pipeline``; return the last (key, record)s.
 
     The records are also written as Parquet under ``results_uri`` for the driver.
-    ``warehouse_url`` overrides the WarehouseWriter's; ``bigquery://project/dataset.table``
-    writes with WriteToBigQuery (the warehouse registry has no BigQuery backend).
+    ``warehouse_url`` overrides the WarehouseWriter's (any registered warehouse URL,
+    ``bigquery://project/dataset`` included).
     """
     codec = result_codec(operators)
     chain = _Chain(pipeline | "Input" >> beam.Create(list(enumerate(items))), warehouse_url)

@@ -25,7 +25,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Union
 
 from operators.write_face_shards import read_face_shards
 from operators.write_warehouse import (
@@ -45,6 +45,8 @@ if TYPE_CHECKING:
     import jinja2
     import psycopg
     from flask import Flask
+
+    from operators.warehouse_bigquery import BigQueryWarehouse
 
 PAGE_SIZE = 100  # videos per list page: one screen of rows, a fast query
 THUMBS_UI = 64  # thumbnails on a video page: enough to see every track, not a scroll-fest
@@ -237,14 +239,26 @@ class ReadOnlyPostgresWarehouse(ScanQueries, PostgresWarehouse):
         return super().con
 
 
-def open_reader(url: str) -> ReadOnlyDuckDBWarehouse | ReadOnlyPostgresWarehouse:
-    """A read-only warehouse for ``url`` (DuckDB or PostgreSQL), connected on first use."""
+# What the UI reads through: the read-only DuckDB and PostgreSQL readers and BigQuery's
+# warehouse, which implements the same read queries in its own dialect.
+UiReader = Union["ReadOnlyDuckDBWarehouse", "ReadOnlyPostgresWarehouse", "BigQueryWarehouse"]
+
+
+def open_reader(url: str) -> UiReader:
+    """A read-only warehouse for ``url`` (DuckDB, PostgreSQL or BigQuery), connected on
+    first use."""
     cls = warehouse_class(url)
     if issubclass(cls, DuckDBWarehouse):
         duckdb_path(url)  # a URL naming no file fails here, with its message
         return ReadOnlyDuckDBWarehouse(url)
     if issubclass(cls, PostgresWarehouse):
         return ReadOnlyPostgresWarehouse(url)
+    from operators.warehouse_bigquery import BigQueryWarehouse  # noqa: F811 (runtime)
+
+    if issubclass(cls, BigQueryWarehouse):
+        # The UI only calls its read methods; give the UI's service account the
+        # BigQuery Data Viewer role so the store itself refuses writes too.
+        return BigQueryWarehouse(url)
     raise ConfigError(f"the UI cannot read a {cls.__name__}")
 
 
@@ -529,7 +543,7 @@ class ScanBrowser:
     storage_options: dict[str, Any] = field(default_factory=dict)
 
     @contextmanager
-    def warehouse(self) -> Iterator[ReadOnlyDuckDBWarehouse | ReadOnlyPostgresWarehouse]:
+    def warehouse(self) -> Iterator[UiReader]:
         """Open, use, close: a reader never holds the file between requests."""
         wh = open_reader(self.warehouse_url)
         try:
@@ -537,7 +551,7 @@ class ScanBrowser:
         finally:
             wh.close()
 
-    def has_scans(self, wh: ScanQueries) -> bool:
+    def has_scans(self, wh: UiReader) -> bool:
         return wh.table_exists("video_scans") and wh.table_exists("scan_runs")
 
     def faces(self, row: Row) -> list[dict[str, Any]]:
@@ -669,7 +683,7 @@ class Links:
 
 def video_context(
     browser: ScanBrowser,
-    wh: ScanQueries,
+    wh: UiReader,
     row: Row,
     links: Links,
     max_thumbs: int,
@@ -735,7 +749,7 @@ def pick_faces(
     return [f for f in faces if id(f) in chosen]
 
 
-def run_views(wh: ScanQueries, runs: list[Row]) -> list[dict[str, Any]]:
+def run_views(wh: UiReader, runs: list[Row]) -> list[dict[str, Any]]:
     verdicts = wh.verdicts_by_run([str(r["run_id"]) for r in runs])
     return [{"run": r, "verdicts": verdicts.get(str(r["run_id"]), {})} for r in runs]
 

@@ -13,12 +13,17 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
+from dataclasses import dataclass
 from importlib import resources
+from typing import TYPE_CHECKING
 
 import pyarrow as pa
 
 from pipelines.config import ConfigError
 from schemas.arrow import VIDEO_SCANS_KEY, VIDEO_SCANS_SCHEMA
+
+if TYPE_CHECKING:
+    from google.cloud.bigquery import SchemaField
 
 SCAN_RUNS_SCHEMA_VERSION = 1
 
@@ -119,6 +124,57 @@ TRAINING_RUNS_SCHEMA: pa.Schema = pa.schema(
 )
 
 TRAINING_RUNS_KEY = ("run_id",)
+
+
+@dataclass(frozen=True)
+class WarehouseTable:
+    """One warehouse table: its Arrow schema and key, and how BigQuery lays it out.
+
+    BigQuery has no indexes: partitioning and clustering are what keep its reads cheap,
+    so they are declared here with the schema, and every writer that may create the
+    table (the BigQuery warehouse, Beam's WriteToBigQuery) creates it the same way.
+    A wrong column name fails at import, not when a table is created.
+    """
+
+    schema: pa.Schema
+    key: tuple[str, ...]
+    partition_day: str | None = None  # a UTC timestamp column: one partition per UTC day
+    cluster_by: tuple[str, ...] = ()  # BigQuery takes at most four
+
+    def __post_init__(self) -> None:
+        named = [*self.key, *self.cluster_by]
+        if self.partition_day is not None:
+            named.append(self.partition_day)
+        missing = [n for n in named if n not in self.schema.names]
+        if missing:
+            raise ValueError(f"columns {missing} are not in the schema")
+        if self.partition_day is not None:
+            kind = self.schema.field(self.partition_day).type
+            if not pa.types.is_timestamp(kind):
+                raise ValueError(
+                    f"partition column {self.partition_day} is {kind}, not a timestamp"
+                )
+        if len(self.cluster_by) > 4:
+            raise ValueError("BigQuery clusters by at most four columns")
+
+
+# Every warehouse table by its default name; the key of each is what its upsert and
+# MERGE match on.
+WAREHOUSE_TABLES: dict[str, WarehouseTable] = {
+    "video_scans": WarehouseTable(
+        VIDEO_SCANS_SCHEMA,
+        VIDEO_SCANS_KEY,
+        # Dashboards and reports read by UTC day: a day's query reads one partition.
+        partition_day="scanned_at",
+        # Every dashboard picks a model version and most a status; video_id last, for
+        # the incremental check (model_version = ? AND video_id IN ...).
+        cluster_by=("model_version", "status", "video_id"),
+    ),
+    "scan_runs": WarehouseTable(SCAN_RUNS_SCHEMA, SCAN_RUNS_KEY),
+    # The hash cache of incremental scans looks URIs up, in batches, every night.
+    "video_uris": WarehouseTable(VIDEO_URIS_SCHEMA, VIDEO_URIS_KEY, cluster_by=("uri",)),
+    "training_runs": WarehouseTable(TRAINING_RUNS_SCHEMA, TRAINING_RUNS_KEY),
+}
 
 # Arrow type -> SQL type, per dialect. BigQuery's names are the ones its API returns for
 # a table's schema (INTEGER, FLOAT, BOOLEAN), so a stored schema compares equal to it.
@@ -247,8 +303,21 @@ def training_runs_ddl(dialect: str, table: str = "training_runs") -> str:
     return table_ddl(TRAINING_RUNS_SCHEMA, dialect, table, TRAINING_RUNS_KEY)
 
 
-def bigquery_schema(schema: pa.Schema = VIDEO_SCANS_SCHEMA) -> list[dict[str, str]]:
-    """The schema as BigQuery's JSON takes it (``bq mk --schema file.json``)."""
+def warehouse_table(name: str) -> WarehouseTable:
+    """The definition of a warehouse table by its default name."""
+    try:
+        return WAREHOUSE_TABLES[name]
+    except KeyError:
+        raise ValueError(
+            f"no warehouse table {name!r}: choose one of {', '.join(WAREHOUSE_TABLES)}"
+        ) from None
+
+
+def bigquery_schema(schema: pa.Schema | str = VIDEO_SCANS_SCHEMA) -> list[dict[str, str]]:
+    """The schema as BigQuery's JSON takes it (``bq mk --schema file.json``, Beam's
+    WriteToBigQuery): an Arrow schema, or a table of ``WAREHOUSE_TABLES`` by name."""
+    if isinstance(schema, str):
+        schema = warehouse_table(schema).schema
     return [
         {
             "name": field.name,
@@ -257,6 +326,59 @@ def bigquery_schema(schema: pa.Schema = VIDEO_SCANS_SCHEMA) -> list[dict[str, st
         }
         for field in schema
     ]
+
+
+def bigquery_fields(table: pa.Schema | str) -> list[SchemaField]:
+    """The same schema as the BigQuery client's ``SchemaField`` list (tables, loads).
+
+    Built from ``bigquery_schema`` so the JSON and the client objects cannot differ;
+    the client is imported here, so reading this module does not need it.
+    """
+    from google.cloud.bigquery import SchemaField
+
+    return [SchemaField.from_api_repr(field) for field in bigquery_schema(table)]
+
+
+# Project ids: 6-30 of a-z, 0-9 and '-', starting with a letter, not ending with '-'.
+_BIGQUERY_PROJECT = re.compile(r"^[a-z][a-z0-9-]{4,28}[a-z0-9]$")
+# Dataset names: letters, digits and '_' (BigQuery allows 1024).
+_BIGQUERY_DATASET = re.compile(r"^[A-Za-z0-9_]{1,1024}$")
+
+
+def validate_bigquery_project(project: str) -> str:
+    """Return ``project`` if it is a Google Cloud project id; else ConfigError."""
+    if not isinstance(project, str) or not _BIGQUERY_PROJECT.match(project):
+        raise ConfigError(
+            f"invalid BigQuery project {project!r}: use the project id (6-30 of a-z, 0-9"
+            " and -, starting with a letter)"
+        )
+    return project
+
+
+def validate_bigquery_dataset(dataset: str) -> str:
+    """Return ``dataset`` if it is a BigQuery dataset name; else ConfigError."""
+    if not isinstance(dataset, str) or not _BIGQUERY_DATASET.match(dataset):
+        raise ConfigError(
+            f"invalid BigQuery dataset {dataset!r}: use letters, digits and _ (max 1024)"
+        )
+    return dataset
+
+
+def bigquery_table_path(project: str, dataset: str, table: str) -> str:
+    """The backtick-quoted ``project.dataset.table`` for BigQuery SQL, every part
+    validated first, so no name from a URL or flag can close the backticks."""
+    parts = (
+        validate_bigquery_project(project),
+        validate_bigquery_dataset(dataset),
+        validate_identifier(table),
+    )
+    return f"`{'.'.join(parts)}`"
+
+
+def bigquery_quote(name: str) -> str:
+    """A validated column or table name in backticks: GoogleSQL's quoted identifier
+    (double quotes there make a string, not a name)."""
+    return f"`{validate_identifier(name)}`"
 
 
 def upsert_sql(
@@ -289,18 +411,43 @@ def upsert_sql(
 _VIEWS_SCANS_TABLE = "video_scans"
 
 
+def _statements(text: str) -> list[str]:
+    """Split on ``;`` at a line end, dropping ``--`` comment lines (so a file must keep
+    semicolons out of string literals)."""
+    lines = [ln for ln in text.splitlines() if not ln.lstrip().startswith("--")]
+    chunks = re.split(r";\s*$", "\n".join(lines), flags=re.MULTILINE)
+    return [c.strip() for c in chunks if c.strip()]
+
+
 def view_statements(scans_table: str = _VIEWS_SCANS_TABLE) -> list[str]:
     """The dashboard views of ``schemas/sql/views.sql``, one statement per item.
 
     The file names the default table ``video_scans`` so it runs as-is in psql or the
     DuckDB CLI; a warehouse with another (validated) table name gets it substituted.
-    Statements are split on ``;`` at a line end, and ``--`` comment lines are dropped,
-    so the file must keep semicolons out of string literals.
     """
     text = resources.files("schemas").joinpath("sql/views.sql").read_text(encoding="utf-8")
     name = validate_identifier(scans_table)
     if name != _VIEWS_SCANS_TABLE:
         text = re.sub(rf"\b{_VIEWS_SCANS_TABLE}\b", name, text)
-    lines = [ln for ln in text.splitlines() if not ln.lstrip().startswith("--")]
-    chunks = re.split(r";\s*$", "\n".join(lines), flags=re.MULTILINE)
-    return [c.strip() for c in chunks if c.strip()]
+    return _statements(text)
+
+
+_BIGQUERY_NAME = re.compile(r"`([A-Za-z_][A-Za-z0-9_]*)`")
+
+
+def bigquery_view_statements(
+    project: str, dataset: str, scans_table: str = _VIEWS_SCANS_TABLE
+) -> list[str]:
+    """The same dashboard views in GoogleSQL (``schemas/sql/views_bigquery.sql``).
+
+    A BigQuery view must name its tables with their dataset, so every backticked name
+    in the file (the views and ``video_scans``) becomes the backtick-quoted
+    ``project.dataset.name``.
+    """
+    path = resources.files("schemas").joinpath("sql/views_bigquery.sql")
+    tables = {_VIEWS_SCANS_TABLE: validate_identifier(scans_table)}
+
+    def qualify(m: re.Match[str]) -> str:
+        return bigquery_table_path(project, dataset, tables.get(m[1], m[1]))
+
+    return _statements(_BIGQUERY_NAME.sub(qualify, path.read_text(encoding="utf-8")))

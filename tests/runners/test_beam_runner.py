@@ -24,20 +24,16 @@ from pipelines.beam_runner import (
     DEAD_LETTER,
     BeamRunner,
     ScorerModelHandler,
-    bigquery_row,
-    bigquery_write_kwargs,
     build_pipeline,
     make_pipeline,
 )
 from pipelines.config import (
-    ConfigError,
     EngineConfig,
     ScanConfig,
     ScorerConfig,
 )
 from pipelines.graph import ModelInfo, build_operators
 from pipelines.scan import RUNNERS
-from schemas.arrow import VIDEO_SCANS_SCHEMA
 from schemas.records import VideoFile, VideoScan, VideoStatus
 from tests.runners.parity import PARITY_VIDEOS, scan
 
@@ -245,31 +241,12 @@ def test_scorer_handler_batches_as_the_operator_declares() -> None:
     assert handler.share_model_across_processes() is False  # CPU: one model per process
 
 
-def test_bigquery_sink_takes_every_column_from_the_arrow_schema() -> None:
-    kwargs = bigquery_write_kwargs("bigquery://dfscan-test/scans.video_scans")
-    assert kwargs["table"] == "dfscan-test:scans.video_scans"
-    fields = kwargs["schema"]["fields"]
-    assert [f["name"] for f in fields] == VIDEO_SCANS_SCHEMA.names
-    assert {f["name"]: f["mode"] for f in fields}["fake_probability"] == "NULLABLE"
-    assert {f["name"]: f["type"] for f in fields}["scanned_at"] == "TIMESTAMP"
-    with pytest.raises(ConfigError, match="bigquery://project/dataset.table"):
-        bigquery_write_kwargs("bigquery://dfscan-test/no_table")
+def test_bigquery_url_writes_through_the_idempotent_warehouse_writer(tmp_path: Path) -> None:
+    # WriteToBigQuery appends: a retried bundle would add rows. The graph keeps the
+    # WarehouseWriter, whose BigQuery backend MERGEs each batch on the row key.
+    from operators.warehouse_bigquery import BigQueryWarehouse
+    from operators.write_warehouse import WarehouseWriter, warehouse_class
 
-
-def test_bigquery_rows_are_json_with_every_column() -> None:
-    row = VideoScan(
-        **{name: None for name in VIDEO_SCANS_SCHEMA.names}
-        | {"status": VideoStatus.UNSUPPORTED, "scanned_at": 1_700_000_000.25}
-    )
-    d = json.loads(json.dumps(bigquery_row(row)))
-    assert list(d) == VIDEO_SCANS_SCHEMA.names
-    assert d["status"] == "unsupported"
-    assert d["scanned_at"] == "2023-11-14T22:13:20.250000+00:00"
-
-
-def test_bigquery_url_builds_write_to_bigquery_with_every_column(tmp_path: Path) -> None:
-    # Beam cannot even construct WriteToBigQuery without its GCP extra (apitools).
-    pytest.importorskip("apitools", reason="needs apache-beam[gcp] for WriteToBigQuery")
     pipeline = make_pipeline(PipelineOptions(list(DATAFLOW_ARGS)))
     build_pipeline(
         pipeline,
@@ -279,10 +256,15 @@ def test_bigquery_url_builds_write_to_bigquery_with_every_column(tmp_path: Path)
         warehouse_url="bigquery://dfscan-test/scans.video_scans",
     )
     found = transforms(pipeline)
-    sinks = [t for t in found.values() if type(t).__name__ == "WriteToBigQuery"]
-    assert len(sinks) == 1
-    assert [f["name"] for f in sinks[0].schema["fields"]] == VIDEO_SCANS_SCHEMA.names
-    assert "write_warehouse" not in found
+    assert "WriteToBigQuery" not in {type(t).__name__ for t in found.values()}
+    writers = [
+        fn.op
+        for t in found.values()
+        for fn in [getattr(t, "fn", None)]
+        if isinstance(getattr(fn, "op", None), WarehouseWriter)
+    ]
+    assert [w.url for w in writers] == ["bigquery://dfscan-test/scans.video_scans"]
+    assert warehouse_class(writers[0].url) is BigQueryWarehouse
 
 
 # --- options ----------------------------------------------------------------------------
