@@ -52,13 +52,24 @@ def configure_for_model(cfg: ScanConfig, model: ModelInfo) -> ScanConfig:
     return dataclasses.replace(cfg, crop=crop, aggregate=aggregate)
 
 
+def build_extraction_operators(cfg: ScanConfig, faces_uri: str | None = None) -> list[Operator]:
+    """hash -> decode+detect -> face shards: the scan's head, which ``dfscan dataset build
+    --videos`` runs alone so training crops are cut exactly as scans cut them.
+    ``faces_uri`` overrides ``cfg.faces_uri`` (OUT/faces)."""
+    opts = cfg.storage_options
+    faces = faces_uri or cfg.faces_uri
+    return [
+        VideoHasher(cfg.limits.max_bytes, opts, cfg.limits.allow_prefixes),
+        FaceExtractor(cfg.sampling, cfg.detector, cfg.crop, cfg.limits, opts),
+        FaceShardWriter(faces, cfg.run_id, cfg.crop_scale, opts, cfg.shard_max_videos),
+    ]
+
+
 def build_operators(cfg: ScanConfig, model: ModelInfo) -> list[Operator]:
     """hash -> decode+detect -> face shards -> score -> aggregate -> warehouse."""
     opts = cfg.storage_options
     return [
-        VideoHasher(cfg.limits.max_bytes, opts, cfg.limits.allow_prefixes),
-        FaceExtractor(cfg.sampling, cfg.detector, cfg.crop, cfg.limits, opts),
-        FaceShardWriter(cfg.faces_uri, cfg.run_id, cfg.crop_scale, opts, cfg.shard_max_videos),
+        *build_extraction_operators(cfg),
         FaceScorer(cfg.scorer, opts),
         VideoAggregator(cfg.aggregate, model.version, model.arch, cfg.run_id),
         WarehouseWriter(cfg.warehouse_url),

@@ -6,7 +6,8 @@ is its kind (no ``if layout == ...`` chain):
 - ``crops``: a folder with ``labels.csv`` (image, videoname, label, original) and the
   JPEG crops, as ``../shared/data/faces/dfdc224``. One crop is one video.
 - ``dataset``: what ``dfscan dataset build`` writes: face shards with ``label``,
-  ``source_id`` and ``split`` columns plus ``dataset.json``. The split is saved there.
+  ``source_id``, ``group_id`` and ``split`` columns plus ``dataset.json``. The split is
+  saved there; the group (source videos joined by shared identities) is ``source``.
 - ``videos``: folder-per-class videos, ``FAKE/*.mp4`` and ``REAL/*.mp4``, where the face
   fills the frame (``../shared/data/videos/face_crops``). Sampled frames are scored as
   crops: resized to the model's input and JPEG-encoded the way the scan encodes a crop,
@@ -199,12 +200,13 @@ class DatasetShards(FaceSource):
 
     def faces(self, size: int | None) -> list[LabelledFace]:
         cols = ["video_id", "frame_index", "pts_s", "track_id", "label", "source_id", "split"]
-        table = self._table(cols)
+        table = self._table([*cols, "group_id"])
         out = [
             LabelledFace(
                 key=face_key(r["video_id"], r["frame_index"], r["track_id"]),
                 video_id=r["video_id"],
-                source=r["source_id"],
+                # The identity group (v2); a v1 data set grouped by source video alone.
+                source=r["group_id"] or r["source_id"],
                 is_fake=r["label"] == "FAKE",
                 frame_index=r["frame_index"],
                 pts_s=r["pts_s"],

@@ -92,13 +92,21 @@ VIDEO_SCANS_SCHEMA: pa.Schema = _with_meta(
 
 VIDEO_SCANS_KEY = ("video_id", "model_version")
 
-LABELLED_FACE_SHARD_SCHEMA_VERSION = 1
+LABELLED_FACE_SHARD_SCHEMA_VERSION = 2
 LABELS_METADATA_KEY = b"dfscan.enum"  # same key schemas.warehouse reads for CHECKs
 
 # A training data set (``dfscan dataset build``): the face shard's columns unchanged, so
-# training decodes exactly the crops a scan cut, plus the label, the split group and the
-# saved split. ``source_id`` is the group a split keeps together: for a fake, the real
-# video it was made from; for a real video, itself.
+# training decodes exactly the crops a scan cut, plus the label, the source video, the
+# saved split, the split group and the manipulation method.
+# - ``source_id``: the source video (for a fake, the real video it was made from; for a
+#   real video, itself).
+# - ``group_id`` (v2): the group a split keeps on one side: a connected component over
+#   source videos and identities (an FF++ fake ``000_003`` joins people 000 and 003),
+#   so no person and no source video is on two sides.
+# - ``method`` (v2): how a fake was made where the labels say (FF++ ``Deepfakes``,
+#   ``Face2Face``, ...); null for real videos and unknown methods.
+# v1 files (no group_id, method) still read under this schema: both come back null and
+# readers take ``source_id`` as the group, which is what v1 split by.
 LABELLED_FACE_SHARD_SCHEMA: pa.Schema = _with_meta(
     pa.schema(
         [
@@ -113,6 +121,9 @@ LABELLED_FACE_SHARD_SCHEMA: pa.Schema = _with_meta(
                 nullable=False,
                 metadata={LABELS_METADATA_KEY: b"train,val,test"},
             ),
+            # Nullable only so that v1 files, which lack them, read under this schema.
+            pa.field("group_id", pa.string()),
+            pa.field("method", pa.string()),
         ]
     ),
     "labelled_face_shard",
