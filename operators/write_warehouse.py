@@ -19,8 +19,11 @@ hold the file while a scan wants to write.
 from __future__ import annotations
 
 import abc
+import contextlib
 import json
-from collections.abc import Iterable, Mapping, Sequence
+import os
+import re
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
@@ -105,6 +108,13 @@ def _check_limit(limit: int | None) -> int | None:
     if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 0):
         raise ConfigError(f"limit must be a non-negative integer, got {limit!r}")
     return limit
+
+
+class WarehouseUnavailable(ConnectionError):
+    """The warehouse cannot be used right now: its file is locked by another process, or
+    the server went away mid-run. Neither a bug nor a bad setting, so it is one line and
+    exit 1 (an OSError, as other storage failures are): rows committed so far stay, and
+    a rerun writes only what is missing. Messages carry no password."""
 
 
 class Warehouse(abc.ABC):
@@ -476,7 +486,10 @@ class DuckDBWarehouse(Warehouse):
 
             if self.path != ":memory:":
                 Path(self.path).parent.mkdir(parents=True, exist_ok=True)
-            con = duckdb.connect(self.path)
+            try:
+                con = duckdb.connect(self.path)
+            except duckdb.IOException as err:
+                raise _duckdb_open_error(self.url, err) from None
             # Timestamps come back as UTC, whatever the host's zone.
             con.execute("SET TimeZone = 'UTC'").fetchall()
             self._con = con
@@ -524,6 +537,18 @@ class DuckDBWarehouse(Warehouse):
             self._con = None
 
 
+def _duckdb_open_error(url: str, err: Exception) -> Exception:
+    """One line for a file DuckDB cannot open: held by another process (a scan, a
+    ``dfscan results``, a notebook; DuckDB takes one process at a time and does not wait),
+    or not a database it can read."""
+    text = str(err).removeprefix("IO Error: ")
+    if "Could not set lock" in text:
+        holder = re.search(r"\(PID (\d+)\)", text)
+        pid = f" (pid {holder.group(1)})" if holder else ""
+        return WarehouseUnavailable(f"warehouse {url} is locked by another process{pid}")
+    return ConfigError(f"cannot open warehouse {url}: {text.splitlines()[0]}")
+
+
 _PG_STAGED = "_dfscan_staged_scans"  # per-transaction temp table the batch is COPYed into
 # Key of the advisory lock that serialises ensure_schema across processes: concurrent
 # CREATE TABLE IF NOT EXISTS in PostgreSQL can still fail on the catalog's unique index.
@@ -539,6 +564,33 @@ def _redacted(url: str) -> str:
     port = f":{parts.port}" if parts.port else ""
     user = f"{parts.username}@" if parts.username else ""
     return f"{parts.scheme}://{user}{host}{port}{parts.path}"
+
+
+# libpq waits for the OS's TCP timeout (minutes) on a host that drops packets, and NAT
+# or load balancers drop connections idle for a few minutes, as a writer waiting on
+# decode often is. Unless the URL (or PGCONNECT_TIMEOUT) says otherwise: give up
+# connecting after 10 s, and send TCP keepalives after 60 s idle.
+_PG_DEFAULTS = {"connect_timeout": "10", "keepalives_idle": "60"}
+
+
+def _pg_conninfo(url: str) -> str:
+    """``url`` with the defaults above for what neither it nor the environment sets."""
+    from psycopg.conninfo import conninfo_to_dict, make_conninfo
+
+    given = conninfo_to_dict(url)
+    unset = {
+        k: v
+        for k, v in _PG_DEFAULTS.items()
+        if k not in given and f"PG{k.upper()}" not in os.environ
+    }
+    return make_conninfo(url, **unset)
+
+
+def _pg_reason(err: Exception) -> str:
+    """libpq's first line (``connection to server at ... failed: Connection refused``);
+    the rest is hints. libpq never puts the password in a message."""
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    return lines[0].removeprefix("connection failed: ") if lines else type(err).__name__
 
 
 class PostgresWarehouse(Warehouse):
@@ -568,29 +620,54 @@ class PostgresWarehouse(Warehouse):
 
     @property
     def con(self) -> psycopg.Connection[Row]:
-        """The connection, opened on first use in the process that uses it."""
-        if self._con is None:
+        """The connection, opened on first use in the process that uses it, and again
+        on the next use after the server closed it (a restart, an idle cut).
+
+        A first connection that fails is a setting to check (wrong host, port, password,
+        or the server is down before anything ran); failing to reconnect is a warehouse
+        lost mid-run.
+        """
+        if self._con is None or self._con.closed:
             import psycopg
             from psycopg.rows import dict_row
 
+            lost = self._con is not None
             try:
-                con = psycopg.connect(self.url, autocommit=True, row_factory=dict_row)
+                con = psycopg.connect(_pg_conninfo(self.url), autocommit=True, row_factory=dict_row)
             except psycopg.OperationalError as err:
-                reason = str(err).strip().splitlines()[-1] if str(err).strip() else "no reason"
-                raise ConfigError(
-                    f"cannot connect to warehouse {_redacted(self.url)}: {reason}"
-                ) from None
+                where = f"warehouse {_redacted(self.url)}"
+                if lost:
+                    raise WarehouseUnavailable(
+                        f"lost {where} and cannot reconnect: {_pg_reason(err)}"
+                    ) from None
+                raise ConfigError(f"cannot connect to {where}: {_pg_reason(err)}") from None
             # Timestamps come back as UTC, whatever the server's or host's zone.
             con.execute("SET TimeZone = 'UTC'")
             self._con = con
         return self._con
 
+    @contextlib.contextmanager
+    def _unavailable(self) -> Iterator[None]:
+        """psycopg's OperationalError (server shut down or restarted, connection cut) as
+        one WarehouseUnavailable line. The server rolls back a transaction whose
+        connection it lost, so nothing of it is committed."""
+        import psycopg
+
+        try:
+            yield
+        except psycopg.OperationalError as err:
+            raise WarehouseUnavailable(
+                f"warehouse {_redacted(self.url)} is unavailable: {_pg_reason(err)}"
+            ) from err
+
     def _fetch(self, sql: str, params: Sequence[Any] = ()) -> list[Row]:
-        cur = self.con.execute(sql, list(params))
-        return list(cur.fetchall()) if cur.description else []
+        with self._unavailable():
+            cur = self.con.execute(sql, list(params))
+            return list(cur.fetchall()) if cur.description else []
 
     def _execute(self, sql: str, params: Sequence[Any] = ()) -> None:
-        self.con.execute(sql, list(params))
+        with self._unavailable():
+            self.con.execute(sql, list(params))
 
     def ensure_schema(self) -> None:
         """The shared schema setup, serialised across processes by an advisory lock."""
@@ -614,16 +691,17 @@ class PostgresWarehouse(Warehouse):
             VIDEO_SCANS_KEY,
             f"SELECT {cols} FROM {staged} ORDER BY {order}",
         )
-        con = self.con
-        with con.transaction(), con.cursor() as cur:
-            cur.execute(
-                f"CREATE TEMPORARY TABLE {staged}"
-                f" (LIKE {quote_identifier(self.scans_table)}) ON COMMIT DROP"
-            )
-            with cur.copy(f"COPY {staged} ({cols}) FROM STDIN") as copy:
-                for record in video_scans_table(unique).to_pylist():
-                    copy.write_row([record[n] for n in names])
-            cur.execute(merge)
+        with self._unavailable():
+            con = self.con
+            with con.transaction(), con.cursor() as cur:
+                cur.execute(
+                    f"CREATE TEMPORARY TABLE {staged}"
+                    f" (LIKE {quote_identifier(self.scans_table)}) ON COMMIT DROP"
+                )
+                with cur.copy(f"COPY {staged} ({cols}) FROM STDIN") as copy:
+                    for record in video_scans_table(unique).to_pylist():
+                        copy.write_row([record[n] for n in names])
+                cur.execute(merge)
         return len(unique)
 
     def close(self) -> None:
@@ -638,6 +716,9 @@ WAREHOUSES: dict[str, type[Warehouse]] = {
     PostgresWarehouse.scheme: PostgresWarehouse,
     "postgres": PostgresWarehouse,  # libpq accepts both spellings
 }
+# bigquery://: a module of its own that subclasses Warehouse, so it adds itself to
+# WAREHOUSES when imported here (its client is imported only when used).
+import operators.warehouse_bigquery  # noqa: E402, F401
 
 
 def warehouse_class(url: str) -> type[Warehouse]:

@@ -84,9 +84,11 @@ class LocalRunner:
     def run(
         self, files: Iterable[VideoFile], operators: list[Operator], metrics: ScanMetrics
     ) -> Iterator[VideoScan]:
-        for op in operators:
-            op.setup()
+        ready: list[Operator] = []
         try:
+            for op in operators:
+                op.setup()  # a failing setup still tears down those set up before it
+                ready.append(op)
             if self.threaded and len(operators) > 1:
                 yield from self._run_threaded(iter(files), operators, metrics)
             else:
@@ -95,7 +97,7 @@ class LocalRunner:
                     stream = _run_stage(op, stream, metrics)
                 yield from stream
         finally:
-            for op in reversed(operators):
+            for op in reversed(ready):
                 op.teardown()
 
     def _run_threaded(

@@ -272,6 +272,10 @@ def build_dataset(
     ds = ray.data.from_items([{RECORD: Envelope(f)} for f in files])
     ctx = ds.context  # this dataset's own copy; the process-wide context is untouched
     ctx.max_errored_blocks = 0  # a failed block fails the job, it is never dropped
+    # An operator's own error (the warehouse lost mid-run) reaches the driver as itself,
+    # inside Ray's RayTaskError, not as a bare UserCodeException: ``run`` unwraps it so
+    # the CLI gives its one-line message as on the other runners.
+    ctx.raise_original_map_exception = True
     ctx.enable_fallback_to_arrow_object_ext_type = True  # records are Python objects
     ctx.enable_progress_bars = False  # the CLI draws its own progress from the rows
     ctx.print_on_execution_start = False
@@ -301,6 +305,18 @@ def driver_tail(operators: Sequence[Operator]) -> tuple[list[Operator], Operator
     if operators and operators[-1].resources.concurrency == 1:
         return list(operators[:-1]), operators[-1]
     return list(operators), None
+
+
+def _unwrapped(ray: ModuleType, batches: Iterator[Any]) -> Iterator[Any]:
+    """``batches``, with an operator's exception raised as itself instead of inside
+    Ray's RayTaskError (whose text is a remote traceback)."""
+    try:
+        yield from batches
+    except ray.exceptions.RayTaskError as err:
+        cause = getattr(err, "cause", None)
+        if isinstance(cause, Exception):
+            raise cause from None
+        raise
 
 
 class RayRunner:
@@ -350,7 +366,7 @@ class RayRunner:
         if sink is not None:
             sink.setup()
         try:
-            for batch in ds.iter_batches(batch_size=size, batch_format="numpy"):
+            for batch in _unwrapped(ray, ds.iter_batches(batch_size=size, batch_format="numpy")):
                 records, timings = _open(batch[RECORD])
                 for stage, seconds in timings:
                     metrics.observe_stage(stage, seconds)

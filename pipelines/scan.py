@@ -5,6 +5,7 @@ chosen engine, count, record the run, export metrics.
 from __future__ import annotations
 
 import json
+import logging
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -12,14 +13,17 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol
 
 from operators.base import Operator
-from operators.list_videos import VideoHasher, list_videos
+from operators.list_videos import ListingReport, VideoHasher, list_videos
 from operators.metrics import MetricsPusher, ScanMetrics
-from operators.redact import redact_values
+from operators.redact import redact, redact_values
+from operators.write_face_shards import commit_run
 from pipelines import code_version
-from pipelines.config import EngineConfig, ScanConfig
+from pipelines.config import ConfigError, EngineConfig, ScanConfig
 from pipelines.graph import ModelInfo, build_operators, configure_for_model, resolve_model
 from pipelines.incremental import plan_scan
 from schemas.records import VideoFile, VideoScan
+
+log = logging.getLogger(__name__)
 
 # The Pushgateway job of scans; with the run id it is the grouping key of every push.
 SCAN_JOB = "dfscan_scan"
@@ -76,6 +80,8 @@ class ScanSummary:
     duplicates: int = 0  # same bytes as another listed URI: decoded once, URI recorded
     hashed: int = 0  # files read to learn their content id
     cached: int = 0  # files whose id came from the warehouse's video_uris
+    # What --since/--until left out, and a date template's days: listing's own count.
+    listing: ListingReport = field(default_factory=ListingReport)
 
     def add(self, row: VideoScan) -> None:
         self.videos += 1
@@ -113,12 +119,29 @@ def run_scan(
     on_row: Callable[[VideoScan, int], None] | None = None,
     on_listed: Callable[[int], None] | None = None,
 ) -> ScanSummary:
-    from operators.write_warehouse import build_warehouse
+    from operators.write_warehouse import WarehouseUnavailable, build_warehouse
 
     started = time.time()
-    model: ModelInfo = resolve_model(cfg)
-    cfg = configure_for_model(cfg, model)
-    files = list(list_videos(cfg.input_uri, cfg.storage_options, cfg.limits.allow_prefixes))
+    # The warehouse before anything else: a locked file or an unreachable server fails
+    # here, in one line, before the model is loaded, a bucket listed or a frame decoded.
+    warehouse = build_warehouse(cfg.warehouse_url)
+    warehouse.ensure_schema()
+    listing = ListingReport()
+    try:
+        model: ModelInfo = resolve_model(cfg)
+        cfg = configure_for_model(cfg, model)
+        files = list(
+            list_videos(
+                cfg.input_uri,
+                cfg.storage_options,
+                cfg.limits.allow_prefixes,
+                window=cfg.window,
+                report=listing,
+            )
+        )
+    except BaseException:
+        warehouse.close()  # DuckDB: free the file for other processes
+        raise
     runner = RUNNERS[cfg.engine.name](cfg.engine)
     metrics = ScanMetrics()
     metrics.set_info(
@@ -140,11 +163,10 @@ def run_scan(
         if cfg.pushgateway
         else None
     )
-    warehouse = build_warehouse(cfg.warehouse_url)
-    warehouse.ensure_schema()
     warehouse.start_run(cfg.run_id, "scan", config_json(cfg), code_version())
-    summary = ScanSummary(cfg.run_id, runner.name, model.version, metrics=metrics)
+    summary = ScanSummary(cfg.run_id, runner.name, model.version, metrics=metrics, listing=listing)
     status, error = "failed", None
+    failure: BaseException | None = None
     if pusher is not None:
         pusher.start()
     try:
@@ -164,9 +186,12 @@ def run_scan(
         warehouse.close()  # DuckDB: the writer operator opens the file next
         summary.skipped, summary.duplicates = len(plan.skipped), len(plan.duplicates)
         summary.hashed, summary.cached = plan.hashed, plan.cached
+        # Only the refs left to decode outlive the plan: the listing and the skipped and
+        # duplicate refs (~0.5 KB a video; most of a nightly listing) are let go here.
+        refs: list[Any] = plan.todo  # the runner feeds what the first operator takes
+        del files, plan
         if on_listed:
-            on_listed(len(plan.todo))
-        refs: list[Any] = list(plan.todo)  # the runner feeds what the first operator takes
+            on_listed(len(refs))
         metrics.set_backlog(len(refs))
         for row in runner.run(refs, operators, metrics) if refs else ():
             summary.add(row)
@@ -174,21 +199,90 @@ def run_scan(
             metrics.set_backlog(len(refs) - summary.videos)
             if on_row:
                 on_row(row, len(refs))
+        if refs:
+            # Every engine has committed its parts by now: the run's summary marks it
+            # complete in the face-shard dataset (operators/shard_layout.py).
+            commit_run(cfg.faces_uri, cfg.run_id, cfg.storage_options)
         status = "succeeded"
         metrics.mark_success()
     except BaseException as exc:
         error = f"{type(exc).__name__}: {exc}"
+        failure = exc
         metrics.mark_failure()
         raise
     finally:
         summary.seconds = time.time() - started
+        warehouse.close()
+        unrecorded: WarehouseUnavailable | None = None  # rows written, record not closed
         try:
-            warehouse.close()
-            warehouse = build_warehouse(cfg.warehouse_url)
-            warehouse.finish_run(cfg.run_id, status, dict(summary.counts), error)
-            warehouse.close()
-            metrics.write_textfile(cfg.out_uri.rstrip("/") + "/metrics.prom", cfg.storage_options)
+            _finish_run(cfg, status, dict(summary.counts), error, failure)
+        except WarehouseUnavailable as err:
+            unrecorded = err
+            metrics.mark_failure()  # the command fails: the metrics say so too
+        try:
+            _after_failure(
+                failure or unrecorded,
+                "metrics textfile",
+                lambda: metrics.write_textfile(
+                    cfg.out_uri.rstrip("/") + "/metrics.prom", cfg.storage_options
+                ),
+            )
         finally:
             if pusher is not None:
                 pusher.stop()  # the final values; a failed push was logged, never raised
+        if unrecorded is not None:
+            raise unrecorded
     return summary
+
+
+def _warehouse_outage(err: BaseException) -> bool:
+    """A warehouse that is locked, lost, or refuses a new connection (ConfigError is
+    what a first connection that fails raises)."""
+    from operators.write_warehouse import WarehouseUnavailable
+
+    return isinstance(err, (WarehouseUnavailable, ConfigError))
+
+
+def _after_failure(failure: BaseException | None, what: str, step: Callable[[], None]) -> None:
+    """Run an end-of-scan step. While the scan is failing, the step failing too must not
+    replace the scan's own error: it is one warning line, or nothing when it is the
+    same warehouse outage that failed the scan."""
+    if failure is None:
+        step()
+        return
+    try:
+        step()
+    except Exception as err:
+        if not (_warehouse_outage(failure) and _warehouse_outage(err)):
+            log.warning("%s not written either: %s", what, redact(str(err)))
+
+
+def _finish_run(
+    cfg: ScanConfig,
+    status: str,
+    counts: dict[str, int],
+    error: str | None,
+    failure: BaseException | None,
+) -> None:
+    """Close the run record, on a fresh connection (DuckDB: the writer has let go).
+
+    After a successful scan every row is committed; a warehouse lost just before the
+    record is closed still fails the command (the record would say "running"), with a
+    message that says so.
+    """
+    from operators.write_warehouse import WarehouseUnavailable, build_warehouse
+
+    def finish() -> None:
+        with build_warehouse(cfg.warehouse_url) as warehouse:
+            warehouse.finish_run(cfg.run_id, status, counts, error)
+
+    if failure is not None:
+        _after_failure(failure, f"run {cfg.run_id} record", finish)
+        return
+    try:
+        finish()
+    except (WarehouseUnavailable, ConfigError) as err:
+        raise WarehouseUnavailable(
+            f"every video's row is written, but run {cfg.run_id} could not be recorded"
+            f" as finished: {err}"
+        ) from err

@@ -89,3 +89,19 @@ def test_consumer_stopping_early_releases_every_stage():
     time.sleep(0.3)
     assert not [t for t in threading.enumerate() if t.name.startswith("dfscan-")]
     assert all(op.teardowns == 1 for op in ops)
+
+
+class BadSetup(AddOne):
+    name = "bad_setup"
+
+    def setup(self) -> None:
+        raise RuntimeError("model file missing")
+
+
+@pytest.mark.parametrize("threaded", [True, False])
+def test_a_failing_setup_tears_down_the_operators_already_set_up(threaded: bool):
+    first, bad, last = AddOne(), BadSetup(), AddOne()
+    with pytest.raises(RuntimeError, match="model file missing"):
+        list(LocalRunner(threaded).run(range(3), [first, bad, last], ScanMetrics()))
+    assert (first.setups, first.teardowns) == (1, 1)  # e.g. a decode worker process
+    assert (bad.teardowns, last.setups, last.teardowns) == (0, 0, 0)
