@@ -1,10 +1,14 @@
 """Decode only the frames a sampling policy asks for, with PyAV.
 
 Sparse by construction: ``uniform:N`` computes exact frame indices from the header and
-stops decoding after the last one; ``keyframes`` tells the decoder to skip every
-non-key frame (``skip_frame=NONKEY``) so the others are never reconstructed; only
-sampled frames are converted from YUV to BGR. Display rotation from the container's
-display matrix is applied to the sampled frames, so faces are upright for detection.
+stops decoding after the last one; from the packets' timestamps (demuxed, not decoded)
+it jumps to the keyframe before a sample when that decodes less (``SeekPlan``) and has
+the decoder drop the non-reference frames that are not sampled (``skip_frame=NONREF``,
+set packet by packet: no other frame predicts from them, so every sampled frame keeps
+its pixels); ``keyframes`` tells the decoder to skip every non-key frame
+(``skip_frame=NONKEY``) so the others are never reconstructed; only sampled frames are
+converted from YUV to BGR. Display rotation from the container's display matrix is
+applied to the sampled frames, so faces are upright for detection.
 
 Failures are typed (see ``operators.errors``): a file that is not a media container
 is ``unsupported``; a media container that FFmpeg cannot open or decode is
@@ -61,6 +65,20 @@ ALLOWED_DEMUXERS = (
 _SNIFF_BYTES = 8192
 _INT_MAX = 2**31 - 1  # FFmpeg's `max_pixels` is a C int
 
+# Decoders whose ``skip_frame=NONREF`` drops only frames that no other frame predicts
+# from, and that read the setting for each packet they are sent: FFmpeg's H.264 (slices
+# with nal_ref_idc 0) and HEVC (sub-layer non-reference pictures; see
+# ``nonref_skip_is_safe``). Other decoders are decoded whole: their NONREF is unverified.
+_NONREF_SKIP_DECODERS = frozenset({"h264", "hevc"})
+# Demuxers whose seek to a keyframe's pts lands on that keyframe (mp4's sample table,
+# Matroska's cues). MPEG-TS seeks by timestamps read near a byte offset and lands past
+# the keyframe (a B-frame clip lost 7 of 32 samples): it and the rest decode through.
+_EXACT_SEEK_DEMUXERS = frozenset({"mov,mp4,m4a,3gp,3g2,mj2", "matroska,webm"})
+# Decode order differs from presentation order by the decoder's reorder depth (at most
+# 16 frames in H.264 and HEVC); a packet further from its pts rank means timestamps
+# that wrapped or lie, and an index built on them would pick the wrong frames.
+_MAX_REORDER_FRAMES = 32
+
 
 # No decoder runs inside ``av.open``: FFmpeg's probe (avformat_find_stream_info) would
 # otherwise decode frames of every stream, with any decoder, at the size the header
@@ -101,6 +119,9 @@ class DecodeStats:
     seconds: float = 0.0  # time spent inside the decoder, excluding the consumer's work
     rotation: int = 0  # display rotation found on the frames, degrees counter-clockwise
     seeks: int = 0  # jumps to a keyframe made by a SeekPlan
+    seeks_missed: int = 0  # seeks that landed past their keyframe (then decoded through)
+    packets: int = 0  # packets sent to the decoder
+    nonref_skip: bool = False  # unsampled non-reference frames were dropped undecoded
     notes: list[str] = field(default_factory=list)
 
 
@@ -149,6 +170,8 @@ class FrameDecoder:
 
     Constructed from small settings only; holds no open file between videos.
     ``threads`` is FFmpeg's decoder thread count (0 lets FFmpeg pick one per core).
+    ``seek`` and ``skip_nonref`` switch the two ``uniform`` savings (keyframe seeks,
+    undecoded non-reference frames); the sampled frames are the same either way.
     """
 
     def __init__(
@@ -158,17 +181,25 @@ class FrameDecoder:
         threads: int = 0,
         storage_options: dict[str, Any] | None = None,
         seek: bool = True,
+        skip_nonref: bool = True,
     ) -> None:
         self.sampling = sampling
         self.limits = limits
         self.threads = threads
         self.storage_options = dict(storage_options or {})
         self.seek = seek  # uniform sampling may jump to keyframes (see SeekPlan)
+        self.skip_nonref = skip_nonref  # uniform: unsampled non-reference frames not decoded
 
     @contextlib.contextmanager
     def _open(self, uri: str) -> Iterator[tuple[Any, bytes]]:
-        with fsspec.open(uri, "rb", **self.storage_options) as fh:
-            head = fh.read(_SNIFF_BYTES)
+        with contextlib.ExitStack() as stack:
+            try:
+                fh = stack.enter_context(fsspec.open(uri, "rb", **self.storage_options))
+                head = fh.read(_SNIFF_BYTES)
+            except (FileNotFoundError, PermissionError, IsADirectoryError) as err:
+                # Listed, then gone or unreadable (a manifest naming a deleted upload):
+                # the video's row says so; hashing gave it an id from its URI.
+                raise DecodeError(f"the file cannot be read: {type(err).__name__}") from None
             if not head:
                 raise UnsupportedMedia("empty file")
             self._check_pixels(gif_screen_size(head), "GIF screen")
@@ -270,47 +301,58 @@ class FrameDecoder:
         """Open ``uri`` and yield its header facts and a lazy iterator of sampled frames."""
         with self._open(uri) as (container, _head):
             stream, meta = self._probe(container)
+            start_s = _start_seconds(stream)
             counted = self.sampling.policy == "uniform" and not meta.frame_count
             if counted:
                 meta = _replace_count(meta, self._count_packets(container, stream))
             if not counted or _rewind(container):
-                yield self._decoded(container, stream, meta, deadline)
+                yield self._decoded(container, stream, meta, deadline, start_s)
                 return
         # Raw streams (h264, hevc) cannot seek back after the count: open them again.
         with self._open(uri) as (container, _head):
             stream, _ = self._probe(container)
-            yield self._decoded(container, stream, meta, deadline)
+            yield self._decoded(container, stream, meta, deadline, start_s)
 
     def _decoded(
-        self, container: Any, stream: Any, meta: VideoMeta, deadline: float | None
+        self,
+        container: Any,
+        stream: Any,
+        meta: VideoMeta,
+        deadline: float | None,
+        start_s: float,
     ) -> DecodedVideo:
         stats = DecodeStats()
-        plan = self._seek_plan(container, stream, meta)
-        frames = self._iter_frames(container, stream, meta, stats, deadline, plan)
+        index = self._packet_index(container, stream, meta)
+        frames = self._iter_frames(container, stream, meta, stats, deadline, start_s, index)
         return DecodedVideo(meta=meta, frames=frames, stats=stats)
 
-    def _seek_plan(self, container: Any, stream: Any, meta: VideoMeta) -> SeekPlan | None:
-        """Demux (no decode) the packets' timestamps and keyframe flags, then plan."""
-        if not self.seek or self.sampling.policy != "uniform" or not meta.frame_count:
+    def _packet_index(self, container: Any, stream: Any, meta: VideoMeta) -> PacketIndex | None:
+        """Demux (no decode) the packets' timestamps and keyframe flags for ``uniform``.
+
+        Costs a read of the file's packets (about 1% of decoding them, measured on the
+        benchmark corpus) and pays for seeks and for skipping non-reference frames."""
+        if self.sampling.policy != "uniform" or not meta.frame_count:
+            return None
+        if not (self.seek or self.skip_nonref):
             return None
         if container.format.name in ("h264", "hevc"):
-            return None  # raw elementary streams have no index to seek by
-        targets = uniform_indices(meta.frame_count, self.sampling.count)
+            return None  # raw elementary streams have no timestamps to index by
         packets: list[tuple[int, bool]] = []
         try:
             for packet in container.demux(stream):
-                if packet.size:
-                    if packet.pts is None:
-                        packets = []  # no timestamps: no index to plan from
-                        break
-                    packets.append((int(packet.pts), bool(packet.is_keyframe)))
+                if not packet.size or packet.is_discard:
+                    continue  # flush packets; frames an edit list hides are never output
+                if packet.pts is None:
+                    packets = []  # no timestamps: no index to plan from
+                    break
+                packets.append((int(packet.pts), bool(packet.is_keyframe)))
                 if len(packets) > self.limits.max_frames:
                     break
         except (av.error.FFmpegError, ValueError):
-            pass  # a damaged tail: plan over what demuxed; decode meets the damage later
+            pass  # a damaged tail: index what demuxed; decode meets the damage later
         if not _rewind(container):
             raise DecodeError("the container cannot seek back after indexing")
-        return plan_seeks(packets, targets)
+        return PacketIndex.build(packets)
 
     def _iter_frames(
         self,
@@ -319,7 +361,8 @@ class FrameDecoder:
         meta: VideoMeta,
         stats: DecodeStats,
         deadline: float | None,
-        plan: SeekPlan | None = None,
+        start_s: float,
+        index: PacketIndex | None = None,
     ) -> Iterator[Frame]:
         ctx = stream.codec_context
         ctx.thread_type = "AUTO"
@@ -337,33 +380,68 @@ class FrameDecoder:
                 return
         elif policy == "keyframes":
             ctx.skip_frame = "NONKEY"
+        plan = None
+        if index is not None and self.seek and container.format.name in _EXACT_SEEK_DEMUXERS:
+            plan = plan_seeks(index, sorted(wanted))
+        # Which packets are sampled frames is known before they are sent (their pts), so
+        # the decoder is told per packet: NONREF for the others, DEFAULT for the samples.
+        skip_nonref = (
+            index is not None
+            and self.skip_nonref
+            and nonref_skip_is_safe(ctx.codec.name, ctx.extradata)
+        )
+        stats.nonref_skip = skip_nonref
+        wanted_pts = {index.pts[i] for i in wanted if i < len(index.pts)} if index else set()
         step = 1.0 / self.sampling.fps if policy == "fps" else 0.0
         next_t = 0.0
         fps = meta.fps or 25.0
-        # Times are reported from the first frame: a stream may start at 0.85 s.
-        start_s = float(stream.start_time * stream.time_base) if stream.start_time else 0.0
         decoded = 0
         rotation: int | None = None
-        decoder = container.decode(stream)
+        packets = container.demux(stream)
+        ready: list[Any] = []  # frames the last packet gave, in output order
         pending = sorted(wanted)
         seeks_left = dict(plan.seek_before) if plan is not None else {}
         last_index = -1
+        taken_upto = -1  # highest frame index yielded: never yield one twice
+        landing: int | None = None  # the keyframe index a seek must land on (or before)
         while True:
             if pending and pending[0] in seeks_left:
                 # Each planned seek happens at most once, and only forwards.
                 key_index, key_pts = seeks_left.pop(pending[0])
                 if key_index > last_index + 1:
                     container.seek(key_pts, stream=stream, backward=True, any_frame=False)
-                    decoder = container.decode(stream)
+                    packets = container.demux(stream)  # the seek flushed the decoder
+                    ready = []
                     stats.seeks += 1
                     last_index = key_index - 1
+                    landing = key_index
             if deadline is not None and time.monotonic() > deadline:
                 raise VideoTimeout(
                     f"decode exceeded the per-video time limit after {stats.frames_decoded} frames"
                 )
             t0 = time.perf_counter()
             try:
-                frame = next(decoder)
+                while not ready:
+                    packet = next(packets)
+                    if landing is not None and packet.size and index is not None:
+                        if not _landed(packet, index, landing):
+                            # Past the keyframe: samples before it would be lost. Decode
+                            # through from the start instead (never seen in mp4/mkv).
+                            stats.seeks_missed += 1
+                            seeks_left.clear()
+                            if not _rewind(container):
+                                raise DecodeError("the container cannot seek back") from None
+                            packets = container.demux(stream)
+                            landing = None
+                            continue
+                        landing = None
+                    if skip_nonref:
+                        sampled = packet.pts is None or packet.pts in wanted_pts
+                        ctx.skip_frame = "DEFAULT" if sampled else "NONREF"
+                    stats.packets += bool(packet.size)
+                    ready = ctx.decode(packet)
+                    ready.reverse()  # popped from the end: output order
+                frame = ready.pop()
             except StopIteration:
                 stats.seconds += time.perf_counter() - t0
                 break
@@ -373,26 +451,26 @@ class FrameDecoder:
                     raise DecodeError(f"decoding failed at frame {decoded}: {err}") from None
                 stats.notes.append(f"decoding stopped at frame {decoded}: {err}")
                 break
-            index = decoded
-            if plan is not None and frame.pts is not None:
-                index = plan.index_of_pts.get(int(frame.pts), index)
+            frame_index = decoded
+            if index is not None and frame.pts is not None:
+                frame_index = index.index_of_pts.get(int(frame.pts), frame_index)
             decoded += 1
             stats.frames_decoded = decoded
             if decoded > self.limits.max_frames:
                 self._check_frames(decoded, "decoded")  # the header under-declared
-            pts_s = float(frame.time) - start_s if frame.time is not None else index / fps
+            pts_s = float(frame.time) - start_s if frame.time is not None else frame_index / fps
             if policy == "keyframes":
                 # Skipped frames never reach us: the index comes from the timestamp.
-                index = round(pts_s * fps)
+                frame_index = round(pts_s * fps)
                 take = True
             elif policy == "fps":
                 take = pts_s + 1e-6 >= next_t
                 if take:
                     next_t = (math.floor(pts_s / step + 1e-6) + 1) * step
             else:
-                take = index in wanted
-                last_index = index
-                while pending and pending[0] <= index:
+                take = frame_index in wanted and frame_index > taken_upto
+                last_index = frame_index
+                while pending and pending[0] <= frame_index:
                     pending.pop(0)
             if not take:
                 stats.seconds += time.perf_counter() - t0
@@ -406,13 +484,16 @@ class FrameDecoder:
                 # ENOTSUP, found by fuzzing); like a decode failure, not a bug.
                 stats.seconds += time.perf_counter() - t0
                 if stats.frames_sampled == 0:
-                    raise DecodeError(f"frame {index} could not be converted: {err}") from None
-                stats.notes.append(f"conversion stopped at frame {index}: {err}")
+                    raise DecodeError(
+                        f"frame {frame_index} could not be converted: {err}"
+                    ) from None
+                stats.notes.append(f"conversion stopped at frame {frame_index}: {err}")
                 break
             stats.frames_sampled += 1
             stats.seconds += time.perf_counter() - t0
-            yield Frame(index=index, pts_s=pts_s, image=image)
-            if policy == "uniform" and index >= last_wanted:
+            taken_upto = max(taken_upto, frame_index)
+            yield Frame(index=frame_index, pts_s=pts_s, image=image)
+            if policy == "uniform" and frame_index >= last_wanted:
                 break  # everything after the last sampled frame is never decoded
 
 
@@ -421,6 +502,19 @@ class DecodedVideo:
     meta: VideoMeta
     frames: Iterator[Frame]
     stats: DecodeStats
+
+
+def _landed(packet: Any, index: PacketIndex, key_index: int) -> bool:
+    """A seek's first packet is a keyframe at or before the one planned."""
+    at = index.index_of_pts.get(packet.pts) if packet.pts is not None else None
+    return bool(packet.is_keyframe) and at is not None and at <= key_index
+
+
+def _start_seconds(stream: Any) -> float:
+    """Where the stream starts, so times count from the first frame (a stream may start
+    at 0.85 s). Read right after opening: once Matroska has been demuxed to the end (a
+    count, an index), it reports a different start."""
+    return float(stream.start_time * stream.time_base) if stream.start_time else 0.0
 
 
 def _rewind(container: Any) -> bool:
@@ -437,39 +531,88 @@ def _rewind(container: Any) -> bool:
 _SEEK_COST_FRAMES = 3
 
 
+def nonref_skip_is_safe(decoder: str, extradata: bytes | None) -> bool:
+    """Whether ``skip_frame=NONREF`` leaves every other frame's pixels as they are.
+
+    H.264: a slice with nal_ref_idc 0 is never used for prediction. HEVC: FFmpeg drops
+    *sub-layer* non-reference pictures, which pictures of a higher temporal sub-layer
+    may still predict from; safe only when the stream has one temporal layer, as its
+    hvcC record (mp4, mkv) says. Without that record (Annex B extradata) it is unknown."""
+    if decoder not in _NONREF_SKIP_DECODERS:
+        return False
+    if decoder == "hevc":
+        return _hvcc_temporal_layers(extradata) == 1
+    return True
+
+
+def _hvcc_temporal_layers(extradata: bytes | None) -> int | None:
+    """numTemporalLayers of an ISO/IEC 14496-15 hvcC record (0: unknown), or None."""
+    if not extradata or len(extradata) < 23 or extradata[0] != 1:
+        return None  # not an hvcC record (Annex B parameter sets, or none)
+    return (extradata[21] >> 3) & 0x07
+
+
+@dataclass(frozen=True)
+class PacketIndex:
+    """The video's frames in presentation order, from demuxed packets (no decoding):
+    each packet's frame index is the rank of its pts, and the keyframes are where a
+    seek can land."""
+
+    pts: tuple[int, ...]  # ascending: position = frame index
+    index_of_pts: dict[int, int]
+    keyframes: tuple[int, ...]  # frame indices, ascending
+    keyframes_in_order: bool  # keyframe timestamps ascend in file order (safe to seek)
+
+    @classmethod
+    def build(cls, packets: list[tuple[int, bool]]) -> PacketIndex | None:
+        """From (pts, is_keyframe) in file order; None without one pts per packet."""
+        pts_sorted = tuple(sorted({pts for pts, _ in packets}))
+        if not packets or len(pts_sorted) != len(packets):
+            return None  # duplicate or missing timestamps: indices from pts are unreliable
+        index_of = {pts: i for i, pts in enumerate(pts_sorted)}
+        if any(
+            abs(index_of[pts] - pos) > _MAX_REORDER_FRAMES for pos, (pts, _) in enumerate(packets)
+        ):
+            return None  # timestamps that wrapped or jump: ranks are not frame indices
+        key_pts = [pts for pts, key in packets if key]
+        return cls(
+            pts=pts_sorted,
+            index_of_pts=index_of,
+            keyframes=tuple(sorted(index_of[pts] for pts in key_pts)),
+            keyframes_in_order=key_pts == sorted(key_pts),
+        )
+
+
+# A seek flushes the decoder and re-reads from a keyframe: about the cost of decoding a
+# few frames (measured on the benchmark corpus), charged per seek in the plan.
+_SEEK_COST_FRAMES = 3
+
+
 @dataclass(frozen=True)
 class SeekPlan:
     """Where to jump for ``uniform`` sampling: decode from the keyframe before a sample
     instead of through every frame in between, when the container's keyframe index
     says that decodes fewer frames. Built from demuxed packets, no decoding."""
 
-    index_of_pts: dict[int, int]  # packet pts -> frame index in presentation order
     seek_before: dict[int, tuple[int, int]]  # sample index -> (keyframe index, keyframe pts)
     frames_through: int  # frames decoded without seeking
     frames_planned: int  # frames decoded (plus seek cost) with the plan
 
 
-def plan_seeks(packets: list[tuple[int, bool]], targets: list[int]) -> SeekPlan | None:
-    """The cheaper of decode-through and seek-per-sample, from (pts, is_keyframe) packets.
+def plan_seeks(index: PacketIndex, targets: list[int]) -> SeekPlan | None:
+    """The cheaper of decode-through and seek-per-sample, from the packet index.
 
     None when seeking saves nothing (short GOPs spread thinner than the samples, or a
-    stream without usable timestamps)."""
-    pts_sorted = sorted({pts for pts, _ in packets})
-    if len(pts_sorted) != len(packets) or not targets:
-        return None  # duplicate or missing timestamps: indices from pts are unreliable
-    key_pts = [pts for pts, key in packets if key]
-    if key_pts != sorted(key_pts):
+    stream whose keyframes cannot be sought by pts)."""
+    keys = index.keyframes
+    if not targets or not index.keyframes_in_order or not keys or keys[0] != 0:
         return None  # keyframes out of order in the file: seeking by pts is not safe
-    index_of = {pts: i for i, pts in enumerate(pts_sorted)}
-    keys = sorted(index_of[pts] for pts in key_pts)
-    if not keys or keys[0] != 0:
-        return None
     seek_before: dict[int, tuple[int, int]] = {}
     cost, pos = 0, 0  # pos: index of the next frame the decoder would produce
     for t in targets:
         k = keys[bisect.bisect_right(keys, t) - 1]
         if k > pos and (t - k + 1 + _SEEK_COST_FRAMES) < (t - pos + 1):
-            seek_before[t] = (k, pts_sorted[k])
+            seek_before[t] = (k, index.pts[k])
             cost += _SEEK_COST_FRAMES + t - k + 1
         else:
             cost += t - pos + 1
@@ -477,7 +620,7 @@ def plan_seeks(packets: list[tuple[int, bool]], targets: list[int]) -> SeekPlan 
     through = targets[-1] + 1
     if not seek_before or cost >= through:
         return None
-    return SeekPlan(index_of, seek_before, through, cost)
+    return SeekPlan(seek_before, through, cost)
 
 
 def _replace_count(meta: VideoMeta, count: int) -> VideoMeta:

@@ -8,11 +8,19 @@ import av
 import numpy as np
 import pytest
 
-from operators.decode_frames import FrameDecoder, uniform_indices
+import operators.decode_frames as decode_frames
+from operators.decode_frames import (
+    FrameDecoder,
+    PacketIndex,
+    nonref_skip_is_safe,
+    plan_seeks,
+    uniform_indices,
+)
 from operators.errors import DecodeError, UnsupportedMedia, VideoTimeout, VideoTooLarge
 from pipelines.config import LimitsConfig, SamplingConfig
+from schemas.records import Frame
 from tests.conftest import IMAGES, REAL_VIDEOS
-from tests.media import truncate, write_audio_only, write_video
+from tests.media import encode_clip, noise_frames, truncate, write_audio_only, write_video
 
 HAMILTON = REAL_VIDEOS / "hamilton_clip.mp4"
 
@@ -24,6 +32,32 @@ def decode(uri: str | Path, policy: str = "uniform:32", **limits: float):
     return video, frames
 
 
+def decode_through(
+    uri: str | Path, policy: str = "uniform:32", threads: int = 0
+) -> tuple[list[Frame], decode_frames.DecodeStats]:
+    """Every frame decoded in order, no seek, no skip: what the savings must reproduce."""
+    decoder = FrameDecoder(
+        SamplingConfig.parse(policy), LimitsConfig(), threads, seek=False, skip_nonref=False
+    )
+    with decoder.open(str(uri)) as video:
+        return list(video.frames), video.stats
+
+
+def assert_same_frames(a: list[Frame], b: list[Frame]) -> None:
+    assert [f.index for f in a] == [f.index for f in b]
+    assert [f.pts_s for f in a] == [f.pts_s for f in b]
+    assert all(np.array_equal(x.image, y.image) for x, y in zip(a, b, strict=True))
+
+
+def b_frame_clip(path: Path, codec: str, params: str = "", n: int = 150) -> Path:
+    """A clip with B-frames (some of them non-reference) and distinct textured frames."""
+    key = "x264-params" if codec == "libx264" else "x265-params"
+    defaults = "bframes=3:b-pyramid=normal:keyint=50" if codec == "libx264" else "bframes=4"
+    extra = ":log-level=error" if codec == "libx265" else ""
+    options = {key: f"{defaults}{':' + params if params else ''}{extra}"}
+    return encode_clip(path, noise_frames(n, (192, 144), seed=7), codec=codec, options=options)
+
+
 def test_uniform_indices_spread_from_first_to_last_frame():
     assert uniform_indices(275, 32)[0] == 0
     assert uniform_indices(275, 32)[-1] == 274
@@ -33,7 +67,9 @@ def test_uniform_indices_spread_from_first_to_last_frame():
 
 
 def test_uniform_sampling_returns_exact_indices_and_stops_after_the_last():
-    decoder = FrameDecoder(SamplingConfig.parse("uniform:8"), LimitsConfig(), seek=False)
+    decoder = FrameDecoder(
+        SamplingConfig.parse("uniform:8"), LimitsConfig(), seek=False, skip_nonref=False
+    )
     with decoder.open(str(HAMILTON)) as video:
         frames = list(video.frames)
     assert [f.index for f in frames] == uniform_indices(275, 8)
@@ -45,7 +81,9 @@ def test_uniform_sampling_returns_exact_indices_and_stops_after_the_last():
 
 def test_uniform_sampling_stops_early_when_the_last_pick_is_early(tmp_path: Path):
     clip = write_video(tmp_path / "c.mp4", n=60)
-    decoder = FrameDecoder(SamplingConfig.parse("uniform:3"), LimitsConfig(), seek=False)
+    decoder = FrameDecoder(
+        SamplingConfig.parse("uniform:3"), LimitsConfig(), seek=False, skip_nonref=False
+    )
     with decoder.open(str(clip)) as video:
         frames = list(video.frames)
     assert [f.index for f in frames] == [0, 30, 59]
@@ -137,7 +175,9 @@ def test_seeking_to_keyframes_gives_the_same_frames_and_decodes_fewer(tmp_path: 
     clip = write_video(tmp_path / "long_gop.mp4", n=240, gop=24)
     results = {}
     for seek in (False, True):
-        decoder = FrameDecoder(SamplingConfig.parse("uniform:4"), LimitsConfig(), seek=seek)
+        decoder = FrameDecoder(
+            SamplingConfig.parse("uniform:4"), LimitsConfig(), seek=seek, skip_nonref=False
+        )
         with decoder.open(str(clip)) as video:
             results[seek] = (list(video.frames), video.stats)
     (through, s0), (seeked, s1) = results[False], results[True]
@@ -148,10 +188,107 @@ def test_seeking_to_keyframes_gives_the_same_frames_and_decodes_fewer(tmp_path: 
 
 
 def test_seek_plan_decodes_through_when_samples_are_denser_than_keyframes():
-    from operators.decode_frames import plan_seeks
-
-    packets = [(i, i % 250 == 0) for i in range(500)]
-    assert plan_seeks(packets, list(range(0, 250, 16))) is None  # no keyframe in between
-    sparse = plan_seeks([(i, i % 10 == 0) for i in range(500)], [0, 250, 499])
+    long_gop = PacketIndex.build([(i, i % 250 == 0) for i in range(500)])
+    assert long_gop is not None
+    assert plan_seeks(long_gop, list(range(0, 250, 16))) is None  # no keyframe in between
+    short_gop = PacketIndex.build([(i, i % 10 == 0) for i in range(500)])
+    assert short_gop is not None
+    sparse = plan_seeks(short_gop, [0, 250, 499])
     assert sparse is not None and sorted(sparse.seek_before) == [250, 499]
     assert sparse.frames_planned < sparse.frames_through == 500
+
+
+def test_packet_index_ranks_frames_by_presentation_time():
+    # Decode order I P B B (pts 0 3 1 2): the B-frames are frames 1 and 2.
+    index = PacketIndex.build([(0, True), (3, False), (1, False), (2, False)])
+    assert index is not None
+    assert [index.index_of_pts[p] for p in (0, 3, 1, 2)] == [0, 3, 1, 2]
+    assert index.keyframes == (0,)
+
+
+def test_packet_index_refuses_timestamps_it_cannot_rank():
+    assert PacketIndex.build([(0, True), (1, False), (1, False)]) is None  # duplicate
+    assert PacketIndex.build([]) is None
+    # MPEG-TS timestamps wrap at 2**33: after the wrap, ranks are not frame indices.
+    wrapped = [((2**33 - 50 + i) % 2**33, i % 25 == 0) for i in range(100)]
+    assert PacketIndex.build(wrapped) is None
+
+
+@pytest.mark.parametrize(
+    ("codec", "suffix"),
+    [("libx264", "mp4"), ("libx264", "mkv"), ("libx265", "mp4")],
+)
+@pytest.mark.parametrize("threads", [1, 0])
+def test_skipping_nonreference_frames_keeps_every_sampled_frame_identical(
+    tmp_path: Path, codec: str, suffix: str, threads: int
+):
+    clip = b_frame_clip(tmp_path / f"b.{suffix}", codec)
+    reference, through = decode_through(clip, threads=threads)
+    for seek in (False, True):
+        decoder = FrameDecoder(
+            SamplingConfig.parse("uniform:32"), LimitsConfig(), threads, seek=seek
+        )
+        with decoder.open(str(clip)) as video:
+            frames = list(video.frames)
+        assert [f.index for f in frames] == uniform_indices(150, 32)
+        assert_same_frames(frames, reference)
+        assert video.stats.nonref_skip
+        # The unsampled non-reference frames were never reconstructed.
+        assert video.stats.frames_decoded < through.frames_decoded == 150
+
+
+def test_without_an_index_nothing_is_skipped(tmp_path: Path):
+    clip = b_frame_clip(tmp_path / "b.mp4", "libx264")
+    decoder = FrameDecoder(
+        SamplingConfig.parse("uniform:32"), LimitsConfig(), seek=False, skip_nonref=False
+    )
+    with decoder.open(str(clip)) as video:
+        assert len(list(video.frames)) == 32
+    assert not video.stats.nonref_skip and video.stats.frames_decoded == 150
+
+
+def test_hevc_with_temporal_sublayers_is_decoded_whole(tmp_path: Path):
+    # A sub-layer non-reference picture may be predicted from by a higher sub-layer.
+    clip = b_frame_clip(tmp_path / "tl.mp4", "libx265", "temporal-layers=2")
+    reference, _ = decode_through(clip)
+    decoder = FrameDecoder(SamplingConfig.parse("uniform:32"), LimitsConfig(), seek=False)
+    with decoder.open(str(clip)) as video:
+        frames = list(video.frames)
+    assert_same_frames(frames, reference)
+    assert not video.stats.nonref_skip and video.stats.frames_decoded == 150
+
+
+def test_nonref_skip_is_trusted_only_where_it_cannot_change_pixels():
+    hvcc = bytearray(23)
+    hvcc[0] = 1  # configurationVersion
+    hvcc[21] = 1 << 3 | 3  # numTemporalLayers 1, lengthSizeMinusOne 3
+    assert nonref_skip_is_safe("hevc", bytes(hvcc))
+    hvcc[21] = 2 << 3 | 3
+    assert not nonref_skip_is_safe("hevc", bytes(hvcc))
+    assert not nonref_skip_is_safe("hevc", b"\x00\x00\x00\x01\x40\x01")  # Annex B
+    assert not nonref_skip_is_safe("hevc", None)
+    assert nonref_skip_is_safe("h264", None)
+    assert not nonref_skip_is_safe("libdav1d", None)
+    assert not nonref_skip_is_safe("vp9", None)
+
+
+def test_mpegts_decodes_through_and_keeps_every_sample(tmp_path: Path):
+    # MPEG-TS seeks land past the keyframe: seeking there lost samples.
+    clip = b_frame_clip(tmp_path / "b.ts", "libx264", "keyint=40", n=200)
+    reference, _ = decode_through(clip)
+    video, frames = decode(clip)
+    assert len(frames) == 32 and video.stats.seeks == 0
+    assert_same_frames(frames, reference)
+    assert video.stats.nonref_skip  # the index still tells samples from the rest
+
+
+def test_a_seek_that_misses_its_keyframe_decodes_through_instead(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    clip = b_frame_clip(tmp_path / "b.ts", "libx264", "keyint=40", n=200)
+    reference, _ = decode_through(clip, "uniform:6")
+    seekable = {*decode_frames._EXACT_SEEK_DEMUXERS, "mpegts"}
+    monkeypatch.setattr(decode_frames, "_EXACT_SEEK_DEMUXERS", seekable)
+    video, frames = decode(clip, "uniform:6")
+    assert video.stats.seeks_missed == 1 and not video.stats.notes  # complete: no error
+    assert_same_frames(frames, reference)

@@ -191,6 +191,21 @@ def test_each_bad_input_gets_exactly_one_row_with_its_status(bad_inputs, tmp_pat
             assert r["fake_probability"] is None and r["label"] is None
 
 
+def test_a_manifest_entry_deleted_before_the_scan_gets_a_decode_error_row(
+    tmp_path, tiny_checkpoint
+):
+    present = tmp_path / "present.mp4"
+    shutil.copy(REAL_VIDEOS / "talking_head_d0.mp4", present)
+    manifest = tmp_path / "m.csv"
+    manifest.write_text(f"uri\n{present}\n{tmp_path / 'gone.mp4'}\n")
+    out = tmp_path / "out"
+    summary = run_scan(scan_config(manifest, out, tiny_checkpoint, frames="uniform:4"))
+    assert dict(summary.counts) == {"scored": 1, "decode_error": 1}
+    [gone] = [r for r in rows(out) if r["uri"].endswith("gone.mp4")]
+    assert gone["status"] == "decode_error"
+    assert gone["error"] == "the file cannot be read: FileNotFoundError"
+
+
 def test_timeout_ends_a_slow_video_with_status_timeout(tmp_path, tiny_checkpoint):
     out = tmp_path / "out"
     cfg = scan_config(
