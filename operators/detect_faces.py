@@ -8,11 +8,30 @@ Two backends behind one interface, chosen by name from a registry:
   Non-commercial terms.
 - ``yunet``: OpenCV's ``FaceDetectorYN`` (Apache-2.0), the permissive alternative.
 
-Batching: the API takes a list of frames so a batched backend can drop in, but neither
-ONNX file here can run a batch > 1: batch size 1 is baked into both exported graphs
-(SCRFD-500M's outputs are even flattened to fixed lengths, [12800, 1] and so on, which
-also pins its input to 640x640). Frames therefore run one by one; an SCRFD re-exported
-with a dynamic batch axis would be the way to batch.
+Cost levers (measured by ``benchmarks/bench_detect.py``). Before detection a frame is
+shrunk by ``det_scale`` (INTER_AREA; for YuNet also to at most ``det_size`` on the long
+side, in the same resize). Boxes and landmarks are mapped back to full-frame pixels, so
+crops are always cut from the full-resolution frame.
+
+- ``det_size`` sets the detector input. SCRFD fits the frame to ``det_size`` on its
+  long side (up or down, as insightface does), so its cost is set by ``det_size`` and
+  the frame's aspect ratio, never by the frame's resolution. insightface alone would
+  letterbox every frame into a ``det_size`` square; here the input keeps the frame's
+  aspect ratio, padded only to a multiple of 32 (640x384 for 16:9, not 640x640). Both
+  SCRFD graphs take any such size (the output shapes annotated in the files, e.g.
+  SCRFD-500M's [12800, 1], are those of 640x640 and are not enforced). YuNet runs at the
+  frame's own size up to ``det_size``.
+- ``det_scale`` (the DFDC winner detected at half size) lowers YuNet's cost for frames
+  under ``det_size / det_scale`` on the long side. For SCRFD it changes no cost: the
+  shrunk frame is fitted to ``det_size`` again, so ``det_size`` is its lever.
+
+Batching: the API takes a list of frames, but frames run one by one. Both SCRFD files
+declare input ``[1, 3, ?, ?]`` (ONNX Runtime refuses a batch of 2: "index: 0 Got: 2
+Expected: 1") and insightface's ``SCRFD.detect``/``forward`` take one image. With the
+batch axis rewritten to be dynamic the graphs do run batches (outputs interleaved per
+anchor cell, identical to single runs), but on CPU a batch of 8 costs more per frame
+than 8 single runs; ``benchmarks/bench_detect.py`` measures it. YuNet's file is fixed
+at ``[1, 3, 640, 640]`` and OpenCV re-shapes it per frame size.
 
 A backend is built on the driver (cheap, picklable: it holds only its config) and
 ``load()``-ed once on the worker.
@@ -38,12 +57,10 @@ from schemas.records import Detection, DetectorInfo
 if TYPE_CHECKING:
     import onnxruntime as ort
 
-# SCRFD-500M's graph has fixed output lengths (12800 anchors at stride 8 = 640x640), so
-# any other det_size would fail inside ONNX Runtime: it is forced to 640.
-_FIXED_INPUT = {"scrfd-500m": 640}
 _DEVICES = ("auto", "cpu", "cuda")
 _DEFAULT_CROP_SCALE = 1.3  # the FaceForensics++ convention, as ScanConfig.crop_scale
 _YUNET_TOP_K = 5000  # candidates kept before NMS: OpenCV's default, ample for faces
+_SCRFD_STRIDE = 32  # SCRFD's coarsest feature stride: input sides are multiples of it
 
 
 def file_sha256(uri: str) -> str:
@@ -185,13 +202,34 @@ class FaceDetectorBackend(abc.ABC):
 
     @abc.abstractmethod
     def _detect(self, image: np.ndarray) -> list[Detection]:
-        """All detections of one frame, in full-frame pixels, before filtering."""
+        """All detections of one image, in its own pixels, before filtering."""
 
     def detect_batch(self, images: list[np.ndarray]) -> list[list[Detection]]:
         """Faces per frame. Runs frame by frame: these ONNX graphs have batch size 1."""
         if self._model is None:
             raise RuntimeError(f"{type(self).__name__}.load() was not called")
-        return [self._finish(self._detect(img), img.shape[1], img.shape[0]) for img in images]
+        return [
+            self._finish(self._detect_scaled(img), img.shape[1], img.shape[0]) for img in images
+        ]
+
+    def input_scale(self, width: int, height: int) -> float:
+        """Factor the frame is shrunk by before ``_detect`` (1.0: used as it is):
+        ``det_scale``, and at most ``det_size`` on the long side. Never above 1: where a
+        backend wants a larger input (SCRFD's fit to ``det_size``), it enlarges itself."""
+        return min(self.cfg.det_scale, self.cfg.det_size / max(width, height))
+
+    def _detect_scaled(self, image: np.ndarray) -> list[Detection]:
+        """Detect on the frame shrunk by ``input_scale`` and map the faces back, so boxes
+        and landmarks are in full-frame pixels and crops come from the full frame."""
+        h, w = image.shape[:2]
+        scale = self.input_scale(w, h)
+        if scale >= 1.0:
+            return self._detect(image)
+        size = (max(1, round(w * scale)), max(1, round(h * scale)))
+        # INTER_AREA averages the pixels a shrink drops: no aliasing on small faces.
+        small = cv2.resize(image, size, interpolation=cv2.INTER_AREA)
+        sx, sy = w / size[0], h / size[1]  # exact back-mapping despite rounding
+        return [_rescaled(d, sx, sy) for d in self._detect(small)]
 
     def _finish(self, dets: list[Detection], width: int, height: int) -> list[Detection]:
         kept: list[tuple[float, Detection]] = []
@@ -208,26 +246,46 @@ class FaceDetectorBackend(abc.ABC):
         return out
 
 
+def _rescaled(d: Detection, sx: float, sy: float) -> Detection:
+    x1, y1, x2, y2 = d.bbox
+    pts = tuple(v * (sx if k % 2 == 0 else sy) for k, v in enumerate(d.landmarks))
+    return Detection((x1 * sx, y1 * sy, x2 * sx, y2 * sy), pts, d.score)
+
+
+def _stride_ceil(side: int) -> int:
+    return max(_SCRFD_STRIDE, -(-side // _SCRFD_STRIDE) * _SCRFD_STRIDE)
+
+
 class SCRFDDetector(FaceDetectorBackend):
     """insightface SCRFD from a local ONNX file via its model zoo (its decode and NMS).
 
-    The frame is letterboxed into a ``det_size`` square by insightface; for SCRFD-500M
-    ``det_size`` is forced to 640 because its graph only accepts 640x640.
+    The frame is fitted to ``det_size`` on its long side, as insightface does (smaller
+    frames are enlarged, which small faces need), but the input keeps the frame's aspect
+    ratio, padded only to the next multiple of 32: a 16:9 frame runs at 640x384 rather
+    than in a 640x640 square that is 44% zero padding, with the faces at the same scale.
     """
 
     def __init__(self, cfg: DetectorConfig) -> None:
         super().__init__(cfg)
-        self.det_size = _FIXED_INPUT.get(cfg.name, cfg.det_size)
+        self.det_size = cfg.det_size
 
     def load(self) -> None:
         from insightface.model_zoo import get_model
 
         path = _local_model(self.cfg)
         self._info = DetectorInfo(self.cfg.name, verify_detector_model(self.cfg, path))
-        # sess_options reach ONNX Runtime through insightface's session wrapper, and its
-        # per-resolution static sessions copy them from the main session.
+        options = ort_session_options()
+        # The graphs' output shapes are annotated for 640x640 (SCRFD-500M's [12800, 1]);
+        # at other sizes ONNX Runtime warns on every run although the outputs are right.
+        options.log_severity_level = 3
+        # One dynamic-shape session for every input size: insightface's alternative, a
+        # static session per size, costs 10-25 MB each and is never released, and frame
+        # sizes are the uploads' to choose (measured here: same speed either way).
         model = get_model(
-            path, providers=ort_providers(self.cfg.device), sess_options=ort_session_options()
+            path,
+            providers=ort_providers(self.cfg.device),
+            sess_options=options,
+            static_shape_sessions=False,
         )
         if model is None or getattr(model, "taskname", "") != "detection":
             raise ConfigError(f"{self.cfg.model_path} is not an insightface SCRFD detector")
@@ -241,9 +299,23 @@ class SCRFDDetector(FaceDetectorBackend):
         )
         self._model = model
 
+    def input_scale(self, width: int, height: int) -> float:
+        # det_scale only: insightface's own fit to det_size (cv2.resize, INTER_LINEAR)
+        # does the rest, as it always did here; shrinking 1080p to 640x360 that way
+        # costs 0.4 ms of CPU against 2.0 ms with INTER_AREA.
+        return min(1.0, self.cfg.det_scale)
+
+    def input_size(self, width: int, height: int) -> tuple[int, int]:
+        """(w, h) of the network input for a frame of this size: ``det_size`` on the long
+        side, the short side in proportion, rounded up to the stride."""
+        long, short = max(width, height), min(width, height)
+        fitted = _stride_ceil(-(-self.det_size * short // long))
+        return (self.det_size, fitted) if width >= height else (fitted, self.det_size)
+
     def _detect(self, image: np.ndarray) -> list[Detection]:
-        # input_size is explicit: without it this insightface runs every default size.
-        boxes, kps = self._model.detect(image, input_size=(self.det_size, self.det_size))
+        # insightface fits the frame into input_size and zero-pads the (< 32 px) rest.
+        size = self.input_size(image.shape[1], image.shape[0])
+        boxes, kps = self._model.detect(image, input_size=size)
         out = []
         for i, row in enumerate(boxes):
             x1, y1, x2, y2, score = (float(v) for v in row[:5])
@@ -255,10 +327,11 @@ class SCRFDDetector(FaceDetectorBackend):
 class YuNetDetector(FaceDetectorBackend):
     """OpenCV's FaceDetectorYN: Apache-2.0 model, no insightface at run time.
 
-    Frames whose long side exceeds ``det_size`` are shrunk to it first (YuNet's cost
-    grows with the pixel count; a 1080p frame costs ~9x a 640 one) and boxes are mapped
-    back. OpenCV DNN threads are a process-wide setting (``cv2.setNumThreads``), left to
-    the process rather than changed from here.
+    YuNet runs at the frame's own size, so frames whose long side exceeds ``det_size``
+    are shrunk to it first (its cost grows with the pixel count; a 1080p frame costs ~9x
+    a 640 one), in the same single resize as ``det_scale``. OpenCV DNN threads are a
+    process-wide setting (``cv2.setNumThreads``), left to the process rather than
+    changed from here.
     """
 
     def __init__(self, cfg: DetectorConfig) -> None:
@@ -286,24 +359,16 @@ class YuNetDetector(FaceDetectorBackend):
         self._size = (self.cfg.det_size, self.cfg.det_size)
 
     def _detect(self, image: np.ndarray) -> list[Detection]:
-        h, w = image.shape[:2]
-        scale = min(1.0, self.cfg.det_size / max(h, w))
-        small = image
-        if scale < 1.0:
-            small = cv2.resize(
-                image, (round(w * scale), round(h * scale)), interpolation=cv2.INTER_AREA
-            )
-        size = (small.shape[1], small.shape[0])
+        size = (image.shape[1], image.shape[0])
         if size != self._size:
             self._model.setInputSize(size)
             self._size = size
-        _, faces = self._model.detect(small)
-        sx, sy = w / size[0], h / size[1]  # exact back-mapping despite rounding
+        _, faces = self._model.detect(image)
         out = []
         for row in faces if faces is not None else []:
-            x, y, bw, bh = float(row[0]) * sx, float(row[1]) * sy, row[2] * sx, row[3] * sy
-            pts = tuple(float(v) * (sx if k % 2 == 0 else sy) for k, v in enumerate(row[4:14]))
-            out.append(Detection((x, y, x + float(bw), y + float(bh)), pts, float(row[14])))
+            x, y, bw, bh = (float(v) for v in row[:4])
+            pts = tuple(float(v) for v in row[4:14])
+            out.append(Detection((x, y, x + bw, y + bh), pts, float(row[14])))
         return out
 
 
@@ -324,8 +389,10 @@ def build_detector(cfg: DetectorConfig) -> FaceDetectorBackend:
         ) from None
     if cfg.device not in _DEVICES:
         raise ConfigError(f"unknown --device {cfg.device!r}: choose one of {', '.join(_DEVICES)}")
-    if cls is SCRFDDetector and cfg.name not in _FIXED_INPUT and cfg.det_size % 32:
+    if cls is SCRFDDetector and cfg.det_size % 32:
         raise ConfigError(f"--detector {cfg.name}: det_size must be a multiple of 32 (strides)")
+    if not 0.0 < cfg.det_scale <= 1.0:
+        raise ConfigError(f"--det-scale must be within (0, 1], got {cfg.det_scale:g}")
     if not _model_exists(cfg.model_path):
         raise _missing(cfg)
     return cls(cfg)

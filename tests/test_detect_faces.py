@@ -21,6 +21,7 @@ from operators.detect_faces import (
     DETECTOR_BACKENDS,
     FaceDetectorBackend,
     SCRFDDetector,
+    YuNetDetector,
     build_detector,
     crop_box,
     crop_face,
@@ -172,23 +173,163 @@ def test_min_face_px_drops_faces_with_a_shorter_side(scrfd_500m: FaceDetectorBac
     assert big_only.detect_batch([img])[0] == []
 
 
-def test_scrfd_500m_always_runs_at_640_because_its_graph_is_fixed():
-    det = build_detector(DetectorConfig.build("scrfd-500m", det_size=320))
-    assert isinstance(det, SCRFDDetector) and det.det_size == 640
-    det.load()
-    assert len(det.detect_batch([_image("two_people.jpg")])[0]) == 2
+def _iou(a: tuple[float, ...], b: tuple[float, ...]) -> float:
+    ix = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
+    iy = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+    inter = ix * iy
+    return inter / ((a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter)
 
 
-def test_scrfd_2_5g_honours_a_smaller_det_size():
-    det = build_detector(DetectorConfig.build("scrfd-2.5g", det_size=320))
+@pytest.mark.parametrize("name", ["scrfd-500m", "scrfd-2.5g"])
+def test_scrfd_runs_at_a_smaller_det_size(name: str):
+    img = _image("two_people.jpg")
+    det = build_detector(DetectorConfig.build(name, det_size=320))
     assert isinstance(det, SCRFDDetector) and det.det_size == 320
     det.load()
-    assert len(det.detect_batch([_image("two_people.jpg")])[0]) == 2
+    small = sorted(det.detect_batch([img])[0], key=_centre)
+    # insightface records each input size it ran: 1126x661 shrunk to 320x188, padded.
+    assert det._model.resolution_session_input_sizes == ((320, 192),)
+    ref = build_detector(DetectorConfig.build(name))
+    ref.load()
+    full = sorted(ref.detect_batch([img])[0], key=_centre)
+    assert len(small) == len(full) == 2
+    assert all(_iou(a.bbox, b.bbox) > 0.8 for a, b in zip(small, full, strict=True))
 
 
-def test_scrfd_det_size_off_the_stride_grid_is_a_config_error():
+@pytest.mark.parametrize(
+    "frame,scale,size",
+    [
+        ((1920, 1080), 1.0, (640, 384)),  # 16:9: 640x360 padded to the stride, not 640x640
+        ((1080, 1920), 1.0, (384, 640)),
+        ((640, 360), 1.0, (640, 384)),
+        ((480, 480), 1.0, (640, 640)),  # smaller frames are enlarged to det_size, as before
+        ((161, 121), 1.0, (640, 512)),
+        ((1, 1), 1.0, (640, 640)),
+    ],
+)
+def test_scrfd_input_fits_det_size_and_keeps_the_frame_aspect(
+    frame: tuple[int, int], scale: float, size: tuple[int, int]
+):
+    det = build_detector(DetectorConfig.build("scrfd-500m"))
+    assert isinstance(det, SCRFDDetector)
+    assert det.input_scale(*frame) == pytest.approx(scale)
+    w, h = (max(1, round(v * scale)) for v in frame)
+    assert det.input_size(w, h) == size
+
+
+def test_scrfd_runs_a_16_9_frame_without_the_square_padding(
+    scrfd_500m: FaceDetectorBackend, hamilton_frame: np.ndarray
+):
+    assert hamilton_frame.shape[:2] == (360, 640)
+    assert isinstance(scrfd_500m, SCRFDDetector)
+    assert scrfd_500m.input_size(640, 360) == (640, 384)
+    assert len(scrfd_500m.detect_batch([hamilton_frame])[0]) == 2
+    assert (640, 384) in scrfd_500m._model.resolution_session_input_sizes  # what it ran at
+    # The same faces as in the 640x640 letterbox insightface would use on its own.
+    boxes, _ = scrfd_500m._model.detect(hamilton_frame, input_size=(640, 640))
+    fitted = sorted(scrfd_500m.detect_batch([hamilton_frame])[0], key=_centre)
+    square = sorted(boxes[:, :4].tolist(), key=lambda b: (b[0] + b[2]) / 2)
+    assert all(_iou(a.bbox, tuple(b)) > 0.9 for a, b in zip(fitted, square, strict=True))
+
+
+@pytest.mark.parametrize("name", ["scrfd-500m", "scrfd-2.5g"])
+def test_scrfd_det_size_off_the_stride_grid_is_a_config_error(name: str):
     with pytest.raises(ConfigError, match="multiple of 32"):
-        build_detector(DetectorConfig.build("scrfd-2.5g", det_size=500))
+        build_detector(DetectorConfig.build(name, det_size=500))
+
+
+# --- detection on a shrunk frame (--det-scale) -------------------------------------------
+
+
+def _scaled_pair(name: str, scale: float) -> tuple[FaceDetectorBackend, FaceDetectorBackend]:
+    # Detectors run at the frame's own size up to det_size: at 1920 the full-size run
+    # sees every pixel of a 1080p frame, so det_scale really shrinks the input.
+    full = build_detector(DetectorConfig.build(name, det_size=1920))
+    shrunk = build_detector(DetectorConfig.build(name, det_size=1920, det_scale=scale))
+    full.load()
+    shrunk.load()
+    return full, shrunk
+
+
+@pytest.fixture(scope="module")
+def people_at_1080p() -> tuple[np.ndarray, tuple[int, int]]:
+    """two_people.jpg pasted off-centre into a black 1920x1080 frame, and its offset:
+    a face's full-resolution position differs from its half-size one by hundreds of px."""
+    frame = np.zeros((1080, 1920, 3), np.uint8)
+    img = _image("two_people.jpg")
+    x0, y0 = 700, 350
+    frame[y0 : y0 + img.shape[0], x0 : x0 + img.shape[1]] = img
+    return frame, (x0, y0)
+
+
+@pytest.mark.parametrize("name", BACKENDS)
+def test_half_size_detection_gives_full_resolution_boxes(
+    name: str, people_at_1080p: tuple[np.ndarray, tuple[int, int]]
+):
+    frame, (x0, y0) = people_at_1080p
+    full, half = _scaled_pair(name, 0.5)
+    ref = sorted(full.detect_batch([frame])[0], key=_centre)
+    got = sorted(half.detect_batch([frame])[0], key=_centre)
+    assert len(ref) == len(got) == 2
+    for a, b in zip(ref, got, strict=True):
+        side = a.bbox[2] - a.bbox[0]  # ~150 px faces
+        assert x0 < b.bbox[0] and y0 < b.bbox[1]  # inside the pasted photo: full-res pixels
+        assert max(abs(p - q) for p, q in zip(a.bbox, b.bbox, strict=True)) < 0.05 * side
+        assert max(abs(p - q) for p, q in zip(a.landmarks, b.landmarks, strict=True)) < 0.06 * side
+
+
+def test_half_size_detection_shrinks_yunet_input_but_not_scrfd_input(
+    people_at_1080p: tuple[np.ndarray, tuple[int, int]],
+):
+    frame, _ = people_at_1080p
+    full, half = _scaled_pair("yunet", 0.5)
+    assert full.input_scale(1920, 1080) == 1.0 and half.input_scale(1920, 1080) == 0.5
+    half.detect_batch([frame])
+    assert isinstance(half, YuNetDetector) and half._size == (960, 540)  # its input size
+    # SCRFD fits whatever it gets to det_size: det_scale changes its input's pixels
+    # (shrunk, then enlarged back), not its size or cost.
+    _, scrfd = _scaled_pair("scrfd-500m", 0.5)
+    assert isinstance(scrfd, SCRFDDetector) and scrfd.input_scale(1920, 1080) == 0.5
+    scrfd.detect_batch([frame])
+    assert scrfd._model.resolution_session_input_sizes == ((1920, 1088),)
+    capped = build_detector(DetectorConfig.build("yunet", det_scale=0.5))  # det_size 640
+    assert capped.input_scale(1920, 1080) == pytest.approx(1 / 3)  # the tighter of the two
+
+
+@pytest.mark.parametrize("scale", [0.0, -0.5, 1.5, float("nan")])
+def test_det_scale_outside_0_1_is_a_config_error(scale: float):
+    with pytest.raises(ConfigError, match="--det-scale must be within"):
+        build_detector(DetectorConfig.build("scrfd-500m", det_scale=scale))
+
+
+def test_half_size_faces_are_cropped_from_the_full_resolution_frame(tmp_path: Path):
+    """Through the extractor: boxes in full-frame pixels, crops cut from the full frame."""
+    from operators.decode_frames import FrameDecoder
+    from operators.extract_faces import FaceExtractor
+    from pipelines.config import LimitsConfig, SamplingConfig
+    from schemas.records import VideoRef, VideoStatus
+
+    video = REAL_VIDEOS / "street_crowd.mp4"  # 1920x1080, several people; half size = det_size
+    sampling, limits = SamplingConfig.parse("uniform:3"), LimitsConfig(isolate=False)
+    crop = CropConfig(scale=1.3, size=128)
+    ref = VideoRef("street", str(video), video.stat().st_size)
+    detector = DetectorConfig.build("scrfd-2.5g", det_size=960, det_scale=0.5)
+    extractor = FaceExtractor(sampling, detector, crop, limits)
+    extractor.setup()
+    try:
+        result = extractor.extract(ref)
+    finally:
+        extractor.teardown()
+    assert result.status is VideoStatus.SCORED and len(result.faces) >= 3
+    assert max(f.bbox[2] for f in result.faces) > 960  # half-size x would stay below 960
+    with FrameDecoder(sampling, limits).open(str(video)) as decoded:
+        frames = {f.index: f.image for f in decoded.frames}
+    assert all(img.shape == (1080, 1920, 3) for img in frames.values())
+    for face in result.faces:
+        det = Detection(face.bbox, face.landmarks, face.det_score)
+        expected = encode_jpeg(crop_face(frames[face.frame_index], det, crop), crop.jpeg_quality)
+        assert face.jpeg == expected
+        assert (face.crop_width, face.crop_height) == (128, 128)
 
 
 @pytest.mark.parametrize("name", BACKENDS)
@@ -288,3 +429,34 @@ def test_crop_without_a_scale_uses_the_ff_plus_plus_default():
     d = _det(300.0, 100.0, 400.0, 200.0)
     unset = crop_face(img, d, CropConfig(scale=None, size=130))
     assert np.array_equal(unset, crop_face(img, d, CropConfig(scale=1.3, size=130)))
+
+
+# --- the --det-scale flag --------------------------------------------------------------
+
+
+def test_cli_det_scale_reaches_the_detector_config(tmp_path: Path):
+    from pipelines.cli import build_parser, build_scan_config
+
+    model = tmp_path / "model.pt"
+    model.write_bytes(b"")  # the scan config only checks that a local model exists
+    base = ["scan", str(REAL_VIDEOS), "--out", str(tmp_path), "--model", str(model)]
+    args = build_parser().parse_args([*base, "--det-scale", "0.5"])
+    args.beam_args = []
+    assert build_scan_config(args).detector.det_scale == 0.5
+    args = build_parser().parse_args(base)
+    args.beam_args = []
+    assert build_scan_config(args).detector.det_scale == 1.0  # default: the full frame
+
+
+@pytest.mark.parametrize("value", ["0", "-0.5", "1.5", "half", "nan"])
+def test_cli_bad_det_scale_is_one_line_and_exit_2(
+    value: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+):
+    from pipelines.cli import main
+
+    with pytest.raises(SystemExit) as exc:
+        main(["scan", str(REAL_VIDEOS), "--out", str(tmp_path), "--det-scale", value])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("dfscan: error: argument --det-scale: ") and err.count("\n") == 1
+    assert ("not a number" if value == "half" else "must be within (0, 1]") in err
