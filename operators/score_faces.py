@@ -16,6 +16,7 @@ import cv2
 import numpy as np
 
 from operators.base import Operator, Resources
+from operators.models.backends import score_backend
 from operators.models.scorers import Scorer, build_scorer
 from pipelines.config import ConfigError, ScorerConfig
 from schemas.records import ScoredVideo, VideoFaces
@@ -46,6 +47,7 @@ class FaceScorer(Operator[VideoFaces, ScoredVideo]):
     def __init__(self, cfg: ScorerConfig, storage_options: dict[str, Any] | None = None) -> None:
         if cfg.batch_size < 1:
             raise ConfigError(f"scorer batch size must be >= 1, got {cfg.batch_size}")
+        score_backend(cfg.backend)  # a typo fails on the driver, not on a remote worker
         self.cfg = cfg
         # The checkpoint may live in the same bucket as the data (s3://models/...).
         self.storage_options = dict(storage_options or {})
@@ -55,7 +57,9 @@ class FaceScorer(Operator[VideoFaces, ScoredVideo]):
     def resources(self) -> Resources:
         # 8 videos x ~32 sampled frames gives a few full forward passes of 64 faces per call.
         # A whole GPU when one is wanted and the engine has it; the adapter checks the cluster.
-        gpus = 0.0 if self.cfg.device == "cpu" else 1.0
+        # A CPU-only backend (int8) never asks for one, whatever --device says.
+        on_gpu = self.cfg.device != "cpu" and score_backend(self.cfg.backend).uses_gpu
+        gpus = 1.0 if on_gpu else 0.0
         return Resources(cpus=1.0, gpus=gpus, batch_size=8)
 
     def setup(self) -> None:
@@ -65,6 +69,7 @@ class FaceScorer(Operator[VideoFaces, ScoredVideo]):
                 device=self.cfg.device,
                 num_threads=self.cfg.num_threads,
                 storage_options=self.storage_options,
+                backend=self.cfg.backend,
             )
 
     def teardown(self) -> None:

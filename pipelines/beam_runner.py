@@ -218,6 +218,7 @@ class ScorerModelHandler(ModelHandler[tuple[int, bytes], PredictionResult, Score
             device=self.cfg.device,
             num_threads=self.cfg.num_threads,
             storage_options=self.storage_options or None,
+            backend=self.cfg.backend,
         )
 
     def run_inference(

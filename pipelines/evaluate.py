@@ -20,7 +20,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from pipelines.config import AggregateConfig, ConfigError
+from pipelines.config import DEFAULT_SCORE_BACKEND, AggregateConfig, ConfigError
 
 if TYPE_CHECKING:
     import numpy as np
@@ -41,6 +41,7 @@ class EvalConfig:
     threshold: float | None = None  # None: the checkpoint's calibrated one, else 0.5
     batch_size: int = 64
     device: str = "auto"
+    backend: str = DEFAULT_SCORE_BACKEND  # how the classifier runs (--score-backend)
     num_threads: int = 0
     plots: bool = True
 
@@ -180,7 +181,9 @@ def evaluate(cfg: EvalConfig) -> dict[str, Any]:
     from pipelines.labelled_data import open_faces
 
     started = time.monotonic()
-    scorer = build_scorer(cfg.model, device=cfg.device, num_threads=cfg.num_threads)
+    scorer = build_scorer(
+        cfg.model, device=cfg.device, num_threads=cfg.num_threads, backend=cfg.backend
+    )
     meta = scorer.meta
     faceset = open_faces(cfg.data, size=meta.input_size)
     faces = select_split(faceset, meta.extra, cfg.split)
@@ -244,7 +247,8 @@ def print_report(report: dict[str, Any]) -> None:
 # ---------------------------------------------------------------- command line
 def register(sub: Any) -> None:
     from operators.aggregate import DECISION_RULES
-    from pipelines.cli import _fraction, _positive
+    from pipelines.cli import _fraction
+    from pipelines.scoring_cli import add_scoring_arguments
 
     p = sub.add_parser("eval", help="grade a classifier on labelled faces or videos")
     p.add_argument("--model", required=True, help="checkpoint path or URI")
@@ -257,7 +261,7 @@ def register(sub: Any) -> None:
     p.add_argument("--split", default="all", choices=SPLITS, help="val: the checkpoint's split")
     p.add_argument("--rule", default=AggregateConfig.rule, choices=sorted(DECISION_RULES))
     p.add_argument("--threshold", type=_fraction, help="default: the checkpoint's, else 0.5")
-    p.add_argument("--batch-size", type=_positive(int), default=64)
+    add_scoring_arguments(p)
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.add_argument("--num-threads", type=int, default=0, help="torch threads; 0 = all cores")
     p.add_argument("--no-plots", action="store_true", help="skip the PNG curves")
@@ -265,6 +269,9 @@ def register(sub: Any) -> None:
 
 
 def run_command(args: argparse.Namespace) -> int:
+    from pipelines.scoring_cli import scorer_settings
+
+    batch_size, backend = scorer_settings(args)
     out = args.out or f"out/eval/{Path(args.model).stem}-{Path(args.data).name}"
     cfg = EvalConfig(
         model=args.model,
@@ -273,8 +280,9 @@ def run_command(args: argparse.Namespace) -> int:
         split=args.split,
         rule=args.rule,
         threshold=args.threshold,
-        batch_size=args.batch_size,
+        batch_size=batch_size,
         device=args.device,
+        backend=backend,
         num_threads=args.num_threads,
         plots=not args.no_plots,
     )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 
 import cv2
@@ -17,6 +18,9 @@ FACE_CROP_VIDEOS = SHARED / "data" / "videos" / "face_crops"
 IMAGES = SHARED / "data" / "images"
 
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+# ONNX graphs the scorer exports (the default CPU backend) go to a throwaway folder, not
+# the user's cache; set before any scan so Ray/Beam workers and subprocesses inherit it.
+os.environ.setdefault("DFSCAN_CACHE_DIR", tempfile.mkdtemp(prefix="dfscan-cache-"))
 
 
 @pytest.fixture(scope="session")

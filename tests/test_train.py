@@ -217,8 +217,8 @@ def test_hidden_layer_head_and_dropout_are_saved_and_rebuilt_by_the_scorer(tmp_p
     meta = load_checkpoint(str(out)).meta
     assert meta.extra["head_hidden"] == "32" and meta.extra["dropout"] == "0.3"
     assert meta.extra["schedule"] == "cosine"
-    scorer = build_scorer(str(out), device="cpu")
-    head = scorer._net.fc  # type: ignore[attr-defined]
+    scorer = build_scorer(str(out), device="cpu", backend="torch")
+    head = scorer.runtime.module.net.fc  # type: ignore[attr-defined]
     assert [type(m).__name__ for m in head] == [
         "Dropout", "Linear", "ReLU", "BatchNorm1d", "Dropout", "Linear"
     ]  # fmt: skip

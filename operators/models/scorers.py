@@ -5,13 +5,15 @@ and normalisation) and a ``Scorer`` subclass in ``SCORERS``; ``build_scorer`` pi
 class from the checkpoint's own ``meta.arch``, so adding an architecture is adding two
 registry entries, never another ``if name == ...`` branch. Scorers take uint8 RGB NHWC
 faces already at ``input_size`` and return one fake probability per face.
+
+How the loaded network runs (eager, channels_last, ONNX Runtime, int8) is a separate
+choice, the ``backend`` (``operators/models/backends.py``), so every architecture gets
+every backend and the checkpoint loader stays one.
 """
 
 from __future__ import annotations
 
 import abc
-import contextlib
-import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, ClassVar, TypeVar
@@ -21,6 +23,16 @@ import numpy as np
 import torch
 from torch import nn
 
+from operators.models.backends import (
+    BackendContext,
+    FaceLogitNet,
+    ScoreBackend,
+    resolve_device,
+    score_backend,
+)
+from operators.models.backends import (  # re-exported: training picks its threads here
+    available_cpus as available_cpus,
+)
 from operators.models.checkpoints import (
     CheckpointMeta,
     LoadedCheckpoint,
@@ -28,7 +40,7 @@ from operators.models.checkpoints import (
     load_weights_only,
     model_version,
 )
-from pipelines.config import ConfigError
+from pipelines.config import DEFAULT_SCORE_BACKEND, ConfigError
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -145,25 +157,17 @@ def build_network(
     return net
 
 
-def resolve_device(requested: str) -> torch.device:
-    """``auto`` picks CUDA when present; asking for CUDA on a machine without it is an error."""
-    if requested == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if requested == "cpu":
-        return torch.device("cpu")
-    if requested.startswith("cuda"):
-        if not torch.cuda.is_available():
-            raise ConfigError(f"device {requested!r} requested but CUDA is not available here")
-        return torch.device(requested)
-    raise ConfigError(f"unknown device {requested!r}: use auto, cpu or cuda")
+# Faces per forward pass when none is asked for. CPU: larger passes gained nothing in
+# benchmarks/bench_scoring.py (ONNX, 160 px: 719 / 650 / 575 faces/s at 32 / 64 / 128).
+# CUDA: 256+ is what it takes to fill a GPU with 224 px crops; one 8-video operator batch
+# (~256 faces) is then one pass.
+CPU_BATCH_SIZE = 64
+CUDA_BATCH_SIZE = 256
 
 
-def available_cpus() -> int:
-    """Cores this process may run on (cgroup/affinity aware), not the host's total."""
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:  # macOS, Windows
-        return max(1, os.cpu_count() or 1)
+def default_batch_size(device: str) -> int:
+    """The batch size for ``device`` as the driver sees it (``auto``: CUDA if present)."""
+    return CUDA_BATCH_SIZE if resolve_device(device).type == "cuda" else CPU_BATCH_SIZE
 
 
 class Scorer(abc.ABC):
@@ -177,13 +181,19 @@ class Scorer(abc.ABC):
         device: str = "auto",
         num_threads: int = 0,
         storage_options: dict[str, Any] | None = None,
+        *,
+        backend: str = DEFAULT_SCORE_BACKEND,
+        cache_dir: str | None = None,
     ) -> None:
         if num_threads < 0:
             raise ConfigError(f"num_threads must be >= 0, got {num_threads}")
+        score_backend(backend)  # an unknown name fails here, on the driver
         self.checkpoint_uri = checkpoint_uri
         self.device = device
         self.num_threads = num_threads
         self.storage_options = dict(storage_options or {})
+        self.backend = backend
+        self.cache_dir = cache_dir  # exported graphs (onnx backends); None: the default
         self._meta: CheckpointMeta | None = None
         self._sha256: str | None = None
 
@@ -194,6 +204,11 @@ class Scorer(abc.ABC):
     @abc.abstractmethod
     def predict(self, batch: np.ndarray) -> np.ndarray:
         """uint8 RGB NHWC at ``input_size`` -> float32 fake probabilities, shape (N,)."""
+
+    @property
+    @abc.abstractmethod
+    def runtime(self) -> ScoreBackend:
+        """The backend running the network (its ``description`` says where)."""
 
     @property
     def loaded(self) -> bool:
@@ -221,7 +236,7 @@ class Scorer(abc.ABC):
 
 
 class TorchScorer(Scorer):
-    """The shared PyTorch implementation; subclasses only declare their ``arch``."""
+    """The shared PyTorch loader; subclasses only declare their ``arch``, the backend runs it."""
 
     def __init__(
         self,
@@ -229,15 +244,22 @@ class TorchScorer(Scorer):
         device: str = "auto",
         num_threads: int = 0,
         storage_options: dict[str, Any] | None = None,
+        *,
+        backend: str = DEFAULT_SCORE_BACKEND,
+        cache_dir: str | None = None,
     ) -> None:
-        super().__init__(checkpoint_uri, device, num_threads, storage_options)
-        self._net: nn.Module | None = None
-        self._device: torch.device | None = None
-        self._scale: torch.Tensor | None = None
-        self._shift: torch.Tensor | None = None
+        super().__init__(
+            checkpoint_uri,
+            device,
+            num_threads,
+            storage_options,
+            backend=backend,
+            cache_dir=cache_dir,
+        )
+        self._runtime: ScoreBackend | None = None
 
     def load(self, checkpoint: LoadedCheckpoint | None = None) -> None:
-        device = resolve_device(self.device)
+        backend_cls = score_backend(self.backend, self.device)  # auto: decided on the worker
         ckpt = checkpoint or load_checkpoint(self.checkpoint_uri, self.storage_options)
         meta = ckpt.meta
         if meta.arch != self.arch:
@@ -260,16 +282,22 @@ class TorchScorer(Scorer):
             raise ConfigError(
                 f"checkpoint {self.checkpoint_uri} weights do not fit: {first}"
             ) from None
-        if device.type == "cpu":
-            torch.set_num_threads(self.num_threads or available_cpus())
-        net = net.to(device).eval()
-        # (x/255 - mean)/std folded into one multiply-add, done on the device.
-        std = torch.tensor(meta.std, dtype=torch.float32)
-        mean = torch.tensor(meta.mean, dtype=torch.float32)
-        self._scale = (1.0 / (255.0 * std)).view(1, 3, 1, 1).to(device)
-        self._shift = (-mean / std).view(1, 3, 1, 1).to(device)
-        self._net, self._device = net, device
+        ctx = BackendContext(
+            device=self.device,
+            num_threads=self.num_threads,
+            arch=meta.arch,
+            input_size=meta.input_size,
+            sha256=ckpt.sha256,
+            cache_dir=self.cache_dir,
+        )
+        self._runtime = backend_cls(FaceLogitNet(net.eval(), meta.mean, meta.std), ctx)
         self._meta, self._sha256 = meta, ckpt.sha256
+
+    @property
+    def runtime(self) -> ScoreBackend:
+        if self._runtime is None:
+            raise RuntimeError(f"{type(self).__name__}.load() has not been called")
+        return self._runtime
 
     def predict(self, batch: np.ndarray) -> np.ndarray:
         logits = self.predict_logits(batch)
@@ -279,9 +307,7 @@ class TorchScorer(Scorer):
     def predict_logits(self, batch: np.ndarray) -> np.ndarray:
         """Raw float32 logits before temperature: what calibration fits the temperature on
         (probabilities saturate at 1.0 in float32 long before logits stop growing)."""
-        net, device = self._net, self._device
-        if net is None or device is None or self._scale is None or self._shift is None:
-            raise RuntimeError(f"{type(self).__name__}.load() has not been called")
+        runtime = self.runtime
         size = self.input_size
         if batch.dtype != np.uint8 or batch.ndim != 4 or batch.shape[1:] != (size, size, 3):
             raise ValueError(
@@ -289,20 +315,7 @@ class TorchScorer(Scorer):
             )
         if len(batch) == 0:
             return np.zeros(0, dtype=np.float32)
-        x = torch.from_numpy(np.ascontiguousarray(batch))
-        cuda = device.type == "cuda"
-        with torch.inference_mode():
-            if cuda:
-                x = x.pin_memory().to(device, non_blocking=True)
-            x = x.permute(0, 3, 1, 2).float().mul_(self._scale).add_(self._shift)
-            x = x.contiguous(memory_format=torch.channels_last)
-            amp: contextlib.AbstractContextManager[Any] = contextlib.nullcontext()
-            if cuda:
-                dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-                amp = torch.autocast("cuda", dtype=dtype)
-            with amp:
-                logits = net(x)
-            return logits.float().reshape(-1).cpu().numpy().astype(np.float32, copy=False)
+        return runtime.logits(np.ascontiguousarray(batch))
 
 
 SCORERS: dict[str, type[Scorer]] = {}
@@ -357,10 +370,20 @@ def build_scorer(
     storage_options: dict[str, Any] | None = None,
     *,
     load: bool = True,
+    backend: str = DEFAULT_SCORE_BACKEND,
+    cache_dir: str | None = None,
 ) -> Scorer:
     """The scorer for this checkpoint's architecture, loaded (one read of the file) by default."""
+    score_backend(backend)  # a wrong name fails before the checkpoint is read
     ckpt = load_checkpoint(checkpoint_uri, storage_options)
-    scorer = scorer_class(ckpt.meta.arch)(checkpoint_uri, device, num_threads, storage_options)
+    scorer = scorer_class(ckpt.meta.arch)(
+        checkpoint_uri,
+        device,
+        num_threads,
+        storage_options,
+        backend=backend,
+        cache_dir=cache_dir,
+    )
     if load:
         scorer.load(ckpt)
     return scorer

@@ -235,6 +235,12 @@ def test_dataflow_graph_scores_with_run_inference_and_tags_dead_letters(tmp_path
     assert {"aggregate", "write_warehouse", "WriteResults"} <= {n.split("/")[0] for n in reached}
 
 
+def test_scorer_handler_loads_the_configured_scoring_backend(tiny_checkpoint: Path) -> None:
+    cfg = ScorerConfig(checkpoint=str(tiny_checkpoint), device="cpu", backend="torch-cl")
+    scorer = ScorerModelHandler(cfg).load_model()
+    assert scorer.runtime.name == "torch-cl"
+
+
 def test_scorer_handler_batches_as_the_operator_declares() -> None:
     handler = ScorerModelHandler(ScorerConfig(checkpoint="m.pt", batch_size=32, device="cpu"))
     assert handler.batch_elements_kwargs() == {"min_batch_size": 32, "max_batch_size": 32}
