@@ -276,10 +276,13 @@ def read_face_shards(
     storage_options: dict[str, Any] | None = None,
     columns: list[str] | None = None,
     video_ids: list[str] | None = None,
+    once_per_cut: bool = True,
 ) -> pa.Table:
     """Face rows of the committed parts under ``faces_uri`` (nothing else is ever read),
     each video's faces once per cut (``CUT_KEY``): when a rerun committed a video in a
-    second part, only the newest part's rows of it are returned.
+    second part, only the newest part's rows of it are returned. ``once_per_cut=False``
+    returns every part's rows, for a caller that picks the part itself (rescore takes
+    the part the video's warehouse row names).
 
     With ``video_ids``, only the parts whose records list one of them are opened."""
     import pyarrow.compute as pc
@@ -296,7 +299,7 @@ def read_face_shards(
     )
     flt = ds.field("video_id").isin(video_ids) if video_ids is not None else None
     listed = Counter(v for p in parts for v in p.faces_per_video)
-    if all(n == 1 for n in listed.values()):
+    if not once_per_cut or all(n == 1 for n in listed.values()):
         return dataset.to_table(columns=columns, filter=flt)
     wanted_columns = list(columns) if columns is not None else list(FACE_SHARD_SCHEMA.names)
     extra = [c for c in (*CUT_KEY, "__filename") if c not in wanted_columns]

@@ -7,8 +7,9 @@ model_version), so nothing is replaced). The operators after decode are the scan
 (``FaceScorer``, ``VideoAggregator``, ``WarehouseWriter``), on the same runners;
 ``ShardFaceReader`` takes the place of decode+detect.
 
-Which faces: each video's faces come from ONE committed part, so a video whose faces
-were written twice (a rerun that batched it with other videos) is not counted twice.
+Which faces: only parts a commit record names (``operators/read_shards.py``), and
+each video's faces from ONE of them, so a video whose faces were written twice (a
+rerun that batched it with other videos) is not counted twice.
 The part named by the video's newest warehouse row (``shard_uri``) wins; without a row,
 the part of the greatest run id. Only videos with faces are in shards: videos without
 a face keep rows only under the models they were scanned with.
@@ -29,7 +30,7 @@ from typing import Any
 import fsspec
 import pyarrow as pa
 
-from operators.write_face_shards import read_face_shards
+from operators.read_shards import read_face_shards
 from operators.write_warehouse import Warehouse, build_warehouse
 from pipelines.config import (
     AggregateConfig,
@@ -53,7 +54,9 @@ _INDEX_COLUMNS = [
 
 def shard_index(faces_uri: str, storage_options: dict[str, Any] | None = None) -> pa.Table:
     """One row per (video, committed part): the small columns only, never the crops."""
-    table = read_face_shards(faces_uri, storage_options, columns=[*_INDEX_COLUMNS, "__filename"])
+    table = read_face_shards(
+        faces_uri, storage_options, columns=[*_INDEX_COLUMNS, "__filename"], once_per_cut=False
+    )
     if table.num_rows == 0:
         return table
     # Within one part a video has one source, run, detector, sampling and crop scale, so
@@ -198,7 +201,8 @@ def _config_json(cfg: RescoreConfig) -> str:
 # ---------------------------------------------------------------- command line
 def register(sub: Any) -> None:
     from operators.aggregate import DECISION_RULES
-    from pipelines.cli import _fraction, _positive
+    from pipelines.cli import _fraction
+    from pipelines.scoring_cli import add_scoring_arguments
 
     p = sub.add_parser("rescore", help="score committed face shards with a new model (no decoding)")
     p.add_argument("--faces", required=True, help="face shards URI (a scan's OUT/faces)")
@@ -211,7 +215,7 @@ def register(sub: Any) -> None:
         default=None,
         help="FAKE at or above this (default: the checkpoint's calibrated threshold, else 0.5)",
     )
-    p.add_argument("--batch-size", type=_positive(int), default=64, help="faces per forward pass")
+    add_scoring_arguments(p)
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.add_argument("--runner", default="local", help="engine: local (default), ray, beam")
     p.add_argument("--ray-address", help="connect to this Ray cluster (auto, ray://head:10001)")
@@ -226,6 +230,7 @@ def build_rescore_config(args: argparse.Namespace) -> RescoreConfig:
     from pipelines.cli import _is_local, _local_path, _storage_options, default_warehouse
     from pipelines.cli import new_run_id as make_run_id
     from pipelines.scan import RUNNERS
+    from pipelines.scoring_cli import scorer_settings
 
     if args.runner not in RUNNERS:
         raise ConfigError(f"unknown --runner {args.runner!r}: choose one of {', '.join(RUNNERS)}")
@@ -240,11 +245,14 @@ def build_rescore_config(args: argparse.Namespace) -> RescoreConfig:
         if not faces.endswith("/faces"):
             raise ConfigError("--faces is not OUT/faces: pass --warehouse")
         warehouse = default_warehouse(faces[: -len("/faces")])
+    batch_size, backend = scorer_settings(args)
     return RescoreConfig(
         faces_uri=faces,
         warehouse_url=warehouse,
         run_id=args.run_id or make_run_id(),
-        scorer=ScorerConfig(checkpoint=args.model, device=args.device, batch_size=args.batch_size),
+        scorer=ScorerConfig(
+            checkpoint=args.model, device=args.device, batch_size=batch_size, backend=backend
+        ),
         aggregate=AggregateConfig(
             rule=args.rule,
             threshold=AggregateConfig.threshold if args.threshold is None else args.threshold,
