@@ -9,12 +9,12 @@ OUT    ?= out
 MODEL  ?= artifacts/starter.pt
 export DFSCAN_SHARED := $(SHARED)
 
-.PHONY: install demo test lint bench bench-train fuzz plan clean
+.PHONY: install demo test lint bench bench-peer bench-train bench-load fuzz plan clean
 
 $(STAMP): setup.py constraints.txt
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip setuptools wheel
-	$(BIN)/pip install --quiet -c constraints.txt -e '.[s3,postgres,ray,beam,dev]'
+	$(BIN)/pip install --quiet -c constraints.txt -e '.[s3,postgres,bigquery,ray,beam,dev]'
 	touch $@
 
 install: $(STAMP)
@@ -36,13 +36,38 @@ lint: $(STAMP)
 	$(BIN)/mypy
 
 # Per-stage table of one local scan, then throughput of every runner against the floors
-# (numbers also written to benchmarks/results/throughput.json, read by `dfscan plan`).
+# (numbers also written to benchmarks/results/throughput.json, read by `dfscan plan`),
+# then the scoring backends: speed and AUC against eager torch (results/scoring.json),
+# then uniform:32 decode CPU against ffmpeg's full decode, lever by lever (results/decode.json).
 bench: $(STAMP) $(MODEL)
 	$(BIN)/python benchmarks/bench_scan.py --model $(MODEL)
 	$(BIN)/python benchmarks/bench_throughput.py --model $(MODEL)
+	$(BIN)/python benchmarks/bench_scoring.py --model $(MODEL)
+	$(BIN)/python benchmarks/bench_detect.py
+	$(BIN)/python benchmarks/bench_decode.py
+
+# dfscan's decode+detect against the icpr2020dfdc extraction path (results/peer.json).
+# Its BlazeFace stand-in is the model inside mediapipe 0.10.21's wheel, the last release
+# that ships it; that release needs numpy<2 and protobuf<5, so it gets its own venv,
+# kept with the benchmark cache (~1 GB: mediapipe pulls jax and OpenCV contrib).
+PEER_VENV := benchmarks/.corpus/peer-venv
+$(PEER_VENV)/.installed-stamp:
+	$(PY) -m venv $(PEER_VENV)
+	$(PEER_VENV)/bin/pip install --quiet mediapipe==0.10.21
+	touch $@
+
+bench-peer: $(STAMP) $(PEER_VENV)/.installed-stamp
+	$(BIN)/python benchmarks/bench_peer.py --peer-python $(PEER_VENV)/bin/python
 
 bench-train: $(STAMP)
 	$(BIN)/python benchmarks/bench_train.py
+
+# One scan per size over generated 160 px clips: throughput, peak RSS of the process
+# tree, open fds and leftover temp files (results/load.json). 10,000 clips take ~10 min
+# on 2 idle cores; LOAD_SIZES=100,1000 for a quick look.
+LOAD_SIZES ?= 100,1000,10000
+bench-load: $(STAMP) $(MODEL)
+	$(BIN)/python benchmarks/bench_load.py --model $(MODEL) --sizes $(LOAD_SIZES)
 
 # Coverage-guided fuzzing of decode and shard reading; crashes land in tests/fuzz/crashes/.
 fuzz: $(STAMP)

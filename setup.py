@@ -46,6 +46,7 @@ setuptools.setup(
         "s3": ["s3fs>=2024.2"],
         "gcs": ["gcsfs>=2024.2"],
         "postgres": ["psycopg[binary]>=3.1"],
+        "bigquery": ["google-cloud-bigquery>=3.20"],  # --warehouse bigquery://
         "ray": ["ray[data,tune,train]>=2.30"],  # train: Ray Train/Tune for dfscan tune
         "beam": ["apache-beam[gcp]>=2.55"],
         "dev": [
@@ -60,6 +61,7 @@ setuptools.setup(
             "atheris>=2.3",
             "psutil>=5.9",
             "selenium>=4.20",
+            "sqlglot>=30",  # parses the BigQuery statements in tests (no BigQuery offline)
         ],
     },
     entry_points={"console_scripts": ["dfscan=pipelines.cli:main"]},

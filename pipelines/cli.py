@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
+from operators.write_warehouse import WarehouseUnavailable
 from pipelines import __version__
 from pipelines.config import (
     DETECTOR_FILES,
@@ -30,6 +31,8 @@ from pipelines.config import (
     ScorerConfig,
 )
 from pipelines.limits_cli import _positive, add_limit_arguments, limits_from_args
+from pipelines.scoring_cli import add_scoring_arguments, scorer_settings
+from pipelines.window_cli import add_window_arguments, window_from_args
 
 DEFAULT_MODEL = "artifacts/starter.pt"
 DEFAULT_OUT = "out"
@@ -83,6 +86,16 @@ def _fraction(text: str) -> float:
     return value
 
 
+def _det_scale(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not 0.0 < value <= 1.0:  # 0 would be no frame at all; > 1 only adds pixels
+        raise argparse.ArgumentTypeError(f"must be within (0, 1], got {text}")
+    return value
+
+
 # ---------------------------------------------------------------- scan
 def register_scan(sub: Any) -> None:
     from operators.aggregate import DECISION_RULES
@@ -100,6 +113,12 @@ def register_scan(sub: Any) -> None:
     p.add_argument("--detector", default="scrfd-500m", choices=sorted(DETECTOR_FILES))
     p.add_argument("--detector-model", help="ONNX file for the detector (default: shared models)")
     p.add_argument("--det-size", type=_positive(int), default=640, help="detector input side")
+    p.add_argument(
+        "--det-scale",
+        type=_det_scale,
+        default=1.0,
+        help="shrink frames by this before detection, e.g. 0.5 (crops stay full size)",
+    )
     p.add_argument("--det-threshold", type=_fraction, default=0.5)
     p.add_argument(
         "--crop-scale",
@@ -113,7 +132,7 @@ def register_scan(sub: Any) -> None:
         default=None,
         help="FAKE at or above this (default: the checkpoint's calibrated threshold, else 0.5)",
     )
-    p.add_argument("--batch-size", type=_positive(int), default=64, help="faces per forward pass")
+    add_scoring_arguments(p)
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.add_argument(
         "--timeout",
@@ -141,6 +160,7 @@ def register_scan(sub: Any) -> None:
         action="store_true",
         help="decode and score again videos the warehouse already has under this model",
     )
+    add_window_arguments(p)
     p.set_defaults(func=run_scan_command)
 
 
@@ -150,6 +170,7 @@ def build_scan_config(args: argparse.Namespace) -> ScanConfig:
     if args.runner not in RUNNERS:
         raise ConfigError(f"unknown --runner {args.runner!r}: choose one of {', '.join(RUNNERS)}")
     storage = _storage_options(args.storage_options)
+    window = window_from_args(args)
     model = args.model
     if _is_local(model) and not Path(_local_path(model)).exists():
         raise ConfigError(
@@ -159,11 +180,13 @@ def build_scan_config(args: argparse.Namespace) -> ScanConfig:
         args.detector,
         args.detector_model,
         det_size=args.det_size,
+        det_scale=args.det_scale,
         score_threshold=args.det_threshold,
         device=args.device,
         model_sha256=(args.detector_sha256 or "").lower(),
     )
     crop = CropConfig(scale=args.crop_scale)  # None: the checkpoint's crop scale
+    batch_size, backend = scorer_settings(args)
     return ScanConfig(
         input_uri=args.input,
         out_uri=args.out,
@@ -173,7 +196,9 @@ def build_scan_config(args: argparse.Namespace) -> ScanConfig:
         detector=detector,
         crop=crop,
         limits=limits_from_args(args),
-        scorer=ScorerConfig(checkpoint=model, device=args.device, batch_size=args.batch_size),
+        scorer=ScorerConfig(
+            checkpoint=model, device=args.device, batch_size=batch_size, backend=backend
+        ),
         aggregate=AggregateConfig(
             rule=args.rule,
             threshold=AggregateConfig.threshold if args.threshold is None else args.threshold,
@@ -185,6 +210,7 @@ def build_scan_config(args: argparse.Namespace) -> ScanConfig:
         push_interval_s=args.push_interval,
         progress=not args.no_progress,
         rescan=args.rescan,
+        window=window,
     )
 
 
@@ -279,6 +305,17 @@ def build_parser() -> OneLineParser:
     return parser
 
 
+def _storage_errors() -> tuple[type[BaseException], ...]:
+    """OSError, plus botocore's own errors (an unreachable S3 endpoint raises
+    EndpointConnectionError, which is not an OSError). Evaluated only when an error
+    reaches ``main``, so botocore is imported only then."""
+    try:
+        from botocore.exceptions import BotoCoreError
+    except ImportError:
+        return (OSError,)
+    return (OSError, BotoCoreError)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     # Everything after `--` belongs to the engine (Beam pipeline options), untouched.
@@ -294,7 +331,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as err:
         print(f"dfscan: error: {err}", file=sys.stderr)
         return 2
-    except OSError as err:
+    except WarehouseUnavailable as err:
+        # Locked or lost mid-run: the message says which; committed rows stay.
+        print(f"dfscan: error: {err}", file=sys.stderr)
+        return 1
+    except _storage_errors() as err:
         # Storage or network failure that outlived the client's own retries: one line,
         # and a rerun resumes (committed work is skipped).
         print(f"dfscan: error: {type(err).__name__}: {err}", file=sys.stderr)

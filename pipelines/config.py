@@ -8,6 +8,7 @@ not on a remote worker.
 
 from __future__ import annotations
 
+import datetime as dt
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -78,7 +79,9 @@ DETECTOR_FILES: dict[str, str] = {
 class DetectorConfig:
     name: str = "scrfd-500m"
     model_path: str = ""  # local path or fsspec URI of the ONNX file
-    det_size: int = 640  # detector input side; SCRFD-500M's ONNX file is fixed at 640
+    det_size: int = 640  # long side of the detector input (SCRFD: a multiple of 32)
+    # Frame shrunk by this (INTER_AREA) before detection; boxes map back to full size.
+    det_scale: float = 1.0
     score_threshold: float = 0.5
     nms_threshold: float = 0.4
     max_faces: int = 8  # per frame, largest first; crowds beyond this are not the use case
@@ -149,12 +152,20 @@ class LimitsConfig:
     allow_prefixes: tuple[str, ...] = ()
 
 
+# How the classifier runs (operators/models/backends.py). ``auto``, decided on the worker:
+# on CPU the fastest backend whose video-level AUC stays within 0.005 of eager torch
+# (benchmarks/bench_scoring.py: onnx), on CUDA eager torch with fp16 autocast.
+DEFAULT_SCORE_BACKEND = "auto"
+
+
 @dataclass(frozen=True)
 class ScorerConfig:
     checkpoint: str = ""  # local path or fsspec URI
     device: str = "auto"  # auto|cpu|cuda
-    batch_size: int = 64  # faces per forward pass; 64 keeps CPU caches warm, raise on GPU
+    # Faces per forward pass; the CLI asks 256 on CUDA (scorers.default_batch_size).
+    batch_size: int = 64  # 64 keeps CPU caches warm
     num_threads: int = 0  # torch intra-op threads on CPU; 0 = one per available core
+    backend: str = DEFAULT_SCORE_BACKEND  # auto | torch | torch-cl | onnx | int8
 
 
 @dataclass(frozen=True)
@@ -173,6 +184,72 @@ class EngineConfig:
     name: str = "local"  # local | ray | beam
     ray_address: str | None = None  # None: start Ray in-process; "auto" or ray://host:10001
     beam_args: tuple[str, ...] = ()  # Beam pipeline options after `--`, passed untouched
+
+
+# Words --since/--until accept, as UTC days back from the current one: a nightly cron
+# runs `--since yesterday --until today` and never computes a date itself.
+WINDOW_WORDS: dict[str, int] = {"today": 0, "yesterday": 1}
+
+
+def _utc_midnight(day: dt.date) -> dt.datetime:
+    return dt.datetime.combine(day, dt.time(), dt.timezone.utc)
+
+
+def parse_instant(text: str, now: dt.datetime | None = None) -> dt.datetime:
+    """A ``--since``/``--until`` value as an aware UTC datetime.
+
+    A date is that day's UTC midnight; ``today``/``yesterday`` are UTC days of ``now``
+    (the clock unless given). A date-time must carry its timezone: a naive one would mean
+    the machine's zone, which a cron pod and a laptop do not share.
+    """
+    raw = text.strip()
+    word = raw.lower()
+    if word in WINDOW_WORDS:
+        current = (now or dt.datetime.now(dt.timezone.utc)).astimezone(dt.timezone.utc)
+        return _utc_midnight(current.date() - dt.timedelta(days=WINDOW_WORDS[word]))
+    try:
+        return _utc_midnight(dt.date.fromisoformat(raw))
+    except ValueError:
+        pass
+    try:
+        value = dt.datetime.fromisoformat(raw)
+    except ValueError:
+        raise ConfigError(
+            f"not a date: {text!r} (use 2026-11-21, 2026-11-21T06:00:00+00:00, today or yesterday)"
+        ) from None
+    if value.tzinfo is None:
+        raise ConfigError(f"{text!r} has no timezone: add Z or +HH:MM, or give a date (UTC day)")
+    return value.astimezone(dt.timezone.utc)
+
+
+@dataclass(frozen=True)
+class TimeWindow:
+    """Uploads in ``[since, until)``, UTC: what one incremental scan covers. An end left
+    None is open. Half-open, so consecutive nightly windows never scan a video twice."""
+
+    since: dt.datetime | None = None
+    until: dt.datetime | None = None
+
+    def __post_init__(self) -> None:
+        for name, value in (("since", self.since), ("until", self.until)):
+            if value is not None and value.tzinfo is None:
+                raise ConfigError(f"--{name} {value.isoformat()} has no timezone")
+        if self.since is not None and self.until is not None and self.since >= self.until:
+            raise ConfigError(
+                f"--since {self.since.isoformat()} is not before --until"
+                f" {self.until.isoformat()}: the window is empty"
+            )
+
+    def contains(self, timestamp: float) -> bool:
+        """Whether an upload at ``timestamp`` (seconds since the epoch) is in the window."""
+        if self.since is not None and timestamp < self.since.timestamp():
+            return False
+        return self.until is None or timestamp < self.until.timestamp()
+
+    def __str__(self) -> str:
+        since = self.since.isoformat() if self.since else "-inf"
+        until = self.until.isoformat() if self.until else "+inf"
+        return f"[{since}, {until})"
 
 
 @dataclass(frozen=True)
@@ -196,6 +273,8 @@ class ScanConfig:
     shard_max_videos: int = 16
     progress: bool = True
     rescan: bool = False  # decode again what the warehouse has under this model version
+    # Only uploads in this window (--since/--until); None: everything listed.
+    window: TimeWindow | None = None
     # No --threshold given: use the checkpoint's calibrated threshold when it has one.
     threshold_from_model: bool = False
 
