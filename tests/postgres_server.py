@@ -71,6 +71,17 @@ class PostgresServer:
         """The test database, ``postgresql://dfscan:SECRET@127.0.0.1:PORT/dfscan``."""
         return f"postgresql://dfscan:{PASSWORD}@127.0.0.1:{self.port}/dfscan"
 
+    def fresh_database(self, name: str) -> str:
+        """An empty database ``name`` (dropped first if a test before left one): the URL.
+        Tests sharing this server must not see each other's rows."""
+        import psycopg
+        from psycopg import sql
+
+        with psycopg.connect(self._admin_url(), autocommit=True) as con:
+            con.execute(sql.SQL("DROP DATABASE IF EXISTS {}").format(sql.Identifier(name)))
+            con.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+        return f"postgresql://dfscan:{PASSWORD}@127.0.0.1:{self.port}/{name}"
+
     def _admin_url(self) -> str:
         return f"postgresql://dfscan:{PASSWORD}@127.0.0.1:{self.port}/postgres"
 

@@ -308,7 +308,8 @@ def test_postgres_stopped_inside_the_write_commits_nothing_of_it_and_the_rerun_c
     # On Ray the writer runs on actors: the error must still reach the CLI as itself.
     videos, out = tmp_path / "videos", tmp_path / "out"
     add_videos(videos, FIRST)
-    url = postgres.url
+    db = f"stopped_{runner}"  # its own rows: the other runner's case shares the server
+    url = postgres.fresh_database(db)
     first = dfscan(videos, out, tiny_checkpoint, "first", "--warehouse", url)
     assert first.returncode == 0, first.stderr[-3000:]
     first_rows, _ = pg_rows(url)
@@ -357,7 +358,7 @@ def test_postgres_stopped_inside_the_write_commits_nothing_of_it_and_the_rerun_c
         [line] = [ln for ln in stderr.splitlines() if ln.startswith("dfscan: ")]
     print(line)
     assert re.fullmatch(
-        rf"dfscan: error: warehouse postgresql://dfscan@127\.0\.0\.1:{postgres.port}/dfscan"
+        rf"dfscan: error: warehouse postgresql://dfscan@127\.0\.0\.1:{postgres.port}/{db}"
         r" is unavailable: .+",
         line,
     ), line
