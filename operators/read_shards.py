@@ -297,6 +297,8 @@ def read_face_shards(
     dataset = ds.dataset(
         list(full.values()), schema=FACE_SHARD_SCHEMA, format="parquet", filesystem=fs
     )
+    for fragment in dataset.get_fragments():
+        check_footer(fragment.metadata, fragment.path)
     flt = ds.field("video_id").isin(video_ids) if video_ids is not None else None
     listed = Counter(v for p in parts for v in p.faces_per_video)
     if not once_per_cut or all(n == 1 for n in listed.values()):
@@ -324,6 +326,27 @@ def read_face_shards(
 class DamagedShard(ValueError):
     """A shard whose content breaks its schema (nulls where none may be): found by
     fuzzing; Parquet does not enforce a schema's non-null fields on read."""
+
+
+def check_footer(metadata: pq.FileMetaData, part: str) -> None:
+    """Every column chunk stored as the type the file's schema declares.
+
+    Found by fuzzing: a footer whose chunk says BOOLEAN where the schema says
+    BYTE_ARRAY makes Arrow's C++ reader throw inside a noexcept path (statistics of a
+    filtered read), which aborts the whole process. Checking the footer first, in
+    Python, turns that into a DamagedShard."""
+    schema = metadata.schema
+    for r in range(metadata.num_row_groups):
+        group = metadata.row_group(r)
+        if group.num_columns != len(schema):
+            raise DamagedShard(f"{part}: damaged shard, row group {r} has the wrong columns")
+        for c in range(group.num_columns):
+            chunk, declared = group.column(c), schema.column(c)
+            if chunk.physical_type != declared.physical_type:
+                raise DamagedShard(
+                    f"{part}: damaged shard, column {declared.path} stored as"
+                    f" {chunk.physical_type}, declared {declared.physical_type}"
+                )
 
 
 def _check_no_nulls(table: pa.Table, part: str) -> None:
@@ -400,6 +423,8 @@ class ShardFaceReader(Operator[ShardVideo, VideoFaces]):
         """The faces of ``video_ids`` in one part, per video, in file order."""
         fs, path = fsspec.core.url_to_fs(part, **self.storage_options)
         with fs.open(path, "rb") as fh:
+            check_footer(pq.ParquetFile(fh).metadata, part)
+            fh.seek(0)
             table = pq.read_table(
                 fh,
                 columns=FACE_COLUMNS,
