@@ -19,7 +19,7 @@ import hashlib
 import logging
 import re
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -68,7 +68,9 @@ class ListingReport:
         return True
 
 
-def _mtime(info: dict[str, Any]) -> float | None:
+def modified_time(info: Mapping[str, Any]) -> float | None:
+    """A listing entry's modification time in seconds since the epoch, from whichever key
+    the store uses (local mtime, s3fs LastModified, gcsfs updated); None when absent."""
     for key in ("mtime", "LastModified", "updated", "last_modified"):
         value = info.get(key)
         if value is None:
@@ -83,6 +85,10 @@ def _mtime(info: dict[str, Any]) -> float | None:
             except ValueError:
                 continue
     return None
+
+
+def _video_file(fs: Any, path: str, info: Mapping[str, Any]) -> VideoFile:
+    return VideoFile(fs.unstrip_protocol(path), int(info.get("size") or 0), modified_time(info))
 
 
 def _hidden(path: str, root: str) -> bool:
@@ -232,7 +238,7 @@ def _stat(uri: str, opts: dict[str, Any]) -> VideoFile:
     except FileNotFoundError:
         # Listed but gone: the row will say so (the open fails with decode_error).
         return VideoFile(uri=fs.unstrip_protocol(path), size_bytes=-1)
-    return VideoFile(fs.unstrip_protocol(path), int(info.get("size") or 0), _mtime(info))
+    return _video_file(fs, path, info)
 
 
 def _list_manifest(
@@ -286,7 +292,7 @@ def _list_prefix(
             f" AWS_* variables): {err}"
         ) from None
     if info.get("type") != "directory":
-        video = VideoFile(fs.unstrip_protocol(root), int(info.get("size") or 0), _mtime(info))
+        video = _video_file(fs, root, info)
         if report.admit(window, video.mtime):
             yield video
         return
@@ -295,7 +301,7 @@ def _list_prefix(
         info = found[path]
         if info.get("type") == "directory" or _hidden(path, root):
             continue
-        video = VideoFile(fs.unstrip_protocol(path), int(info.get("size") or 0), _mtime(info))
+        video = _video_file(fs, path, info)
         if report.admit(window, video.mtime):
             yield video
 

@@ -16,7 +16,6 @@ holding those videos (rows are sorted by video).
 
 from __future__ import annotations
 
-import datetime as dt
 import posixpath
 from collections import Counter, defaultdict
 from collections.abc import Mapping
@@ -28,6 +27,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from operators.base import Operator, Resources
+from operators.list_videos import modified_time
 from operators.shard_layout import (
     COMMITS_DIR,
     PART_PATH,
@@ -103,22 +103,6 @@ class ShardListing:
     damaged: tuple[str, ...]  # records or summaries that cannot be parsed, with why
 
 
-def _modified(info: Mapping[str, Any]) -> float | None:
-    # Local: mtime (float); s3fs: LastModified (datetime); gcsfs: updated (ISO string).
-    for key in ("mtime", "LastModified", "updated"):
-        value = info.get(key)
-        if isinstance(value, dt.datetime):
-            return value.timestamp()
-        if isinstance(value, int | float):
-            return float(value)
-        if isinstance(value, str):
-            try:
-                return dt.datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
-            except ValueError:
-                continue
-    return None
-
-
 def _read_json(fs: Any, paths: list[str]) -> dict[str, Any]:
     """Path -> decoded JSON, or the ``DamagedRecord`` saying why not; read concurrently
     on object stores (``cat_ranges`` also never expands glob characters in paths)."""
@@ -163,7 +147,7 @@ def list_shards(faces_uri: str, storage_options: dict[str, Any] | None = None) -
 
     def stored_file(rel: str) -> StoredFile:
         info = stored[rel]
-        return StoredFile(uri(rel), rel, int(info.get("size") or 0), _modified(info))
+        return StoredFile(uri(rel), rel, int(info.get("size") or 0), modified_time(info))
 
     damaged: list[str] = []
     summaries: list[RunRecord] = []

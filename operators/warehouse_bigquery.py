@@ -47,13 +47,13 @@ from operators.write_warehouse import (
     _check_limit,
     _last_per_key,
     _status_value,
+    run_outcome,
     video_scans_table,
 )
 from pipelines.config import ConfigError
 from schemas.arrow import VIDEO_SCANS_SCHEMA
 from schemas.records import TrainingRun, VideoFile, VideoRef, VideoScan
 from schemas.warehouse import (
-    RUN_STATUSES,
     SCAN_RUNS_SCHEMA,
     TRAINING_RUNS_SCHEMA,
     VIDEO_URIS_REFRESHED,
@@ -485,16 +485,7 @@ class BigQueryWarehouse(Warehouse):
         error: str | None,
     ) -> None:
         """Close a run with its outcome and per-status video counts."""
-        if status not in RUN_STATUSES or status == "running":
-            raise ValueError(f"a run finishes as 'succeeded' or 'failed', not {status!r}")
-        counts = {str(getattr(k, "value", k)): int(v) for k, v in counts_by_status.items()}
-        values = {
-            "ended_at": datetime.now(timezone.utc),
-            "status": status,
-            "videos_total": sum(counts.values()),
-            "counts_by_status": json.dumps(dict(sorted(counts.items()))),
-            "error": error,
-        }
+        values = {**run_outcome(status, counts_by_status), "error": error}
         sets = ", ".join(f"{bigquery_quote(n)} = @{n}" for n in values)
         params = _row_params(SCAN_RUNS_SCHEMA, {**values, "run_id": run_id})
         job, _ = self._run(

@@ -110,6 +110,19 @@ def _check_limit(limit: int | None) -> int | None:
     return limit
 
 
+def run_outcome(status: str, counts_by_status: Mapping[str, int]) -> dict[str, Any]:
+    """The columns ``finish_run`` sets, whatever the SQL dialect (``error`` apart)."""
+    if status not in RUN_STATUSES or status == "running":
+        raise ValueError(f"a run finishes as 'succeeded' or 'failed', not {status!r}")
+    counts = {str(getattr(k, "value", k)): int(v) for k, v in counts_by_status.items()}
+    return {
+        "ended_at": datetime.now(timezone.utc),
+        "status": status,
+        "videos_total": sum(counts.values()),
+        "counts_by_status": json.dumps(dict(sorted(counts.items()))),
+    }
+
+
 class WarehouseUnavailable(ConnectionError):
     """The warehouse cannot be used right now: its file is locked by another process, or
     the server went away mid-run. Neither a bug nor a bad setting, so it is one line and
@@ -234,22 +247,13 @@ class Warehouse(abc.ABC):
         error: str | None,
     ) -> None:
         """Close a run with its outcome and per-status video counts."""
-        if status not in RUN_STATUSES or status == "running":
-            raise ValueError(f"a run finishes as 'succeeded' or 'failed', not {status!r}")
-        counts = {str(getattr(k, "value", k)): int(v) for k, v in counts_by_status.items()}
+        values = {**run_outcome(status, counts_by_status), "error": error}
         p = self.placeholder
+        sets = ", ".join(f"{quote_identifier(n)} = {p}" for n in values)
         rows = self._fetch(
-            f"UPDATE {quote_identifier(self.runs_table)} SET ended_at = {p}, status = {p},"
-            f" videos_total = {p}, counts_by_status = {p}, error = {p}"
+            f"UPDATE {quote_identifier(self.runs_table)} SET {sets}"
             f" WHERE run_id = {p} RETURNING run_id",
-            [
-                datetime.now(timezone.utc),
-                status,
-                sum(counts.values()),
-                json.dumps(dict(sorted(counts.items()))),
-                error,
-                run_id,
-            ],
+            [*values.values(), run_id],
         )
         if not rows:
             raise LookupError(f"no run {run_id!r} in {self.runs_table}: start_run was not called")

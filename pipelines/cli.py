@@ -19,18 +19,17 @@ from typing import Any, NoReturn
 from operators.write_warehouse import WarehouseUnavailable
 from pipelines import __version__
 from pipelines.config import (
-    DETECTOR_FILES,
     AggregateConfig,
     ConfigError,
     CropConfig,
-    DetectorConfig,
     EngineConfig,
     LimitsConfig,
     SamplingConfig,
     ScanConfig,
     ScorerConfig,
 )
-from pipelines.limits_cli import _positive, add_limit_arguments, limits_from_args
+from pipelines.detector_cli import add_detector_arguments, detector_from_args
+from pipelines.limits_cli import _fraction, _positive, add_limit_arguments, limits_from_args
 from pipelines.scoring_cli import add_scoring_arguments, scorer_settings
 from pipelines.window_cli import add_window_arguments, window_from_args
 
@@ -76,26 +75,6 @@ def _storage_options(text: str | None) -> dict[str, Any]:
     return value
 
 
-def _fraction(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if not 0.0 <= value <= 1.0:
-        raise argparse.ArgumentTypeError(f"must be within [0, 1], got {text}")
-    return value
-
-
-def _det_scale(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if not 0.0 < value <= 1.0:  # 0 would be no frame at all; > 1 only adds pixels
-        raise argparse.ArgumentTypeError(f"must be within (0, 1], got {text}")
-    return value
-
-
 # ---------------------------------------------------------------- scan
 def register_scan(sub: Any) -> None:
     from operators.aggregate import DECISION_RULES
@@ -110,16 +89,7 @@ def register_scan(sub: Any) -> None:
         help=f"classifier checkpoint path or URI (default: {DEFAULT_MODEL})",
     )
     p.add_argument("--frames", default="uniform:32", help="uniform:N | fps:F | keyframes")
-    p.add_argument("--detector", default="scrfd-500m", choices=sorted(DETECTOR_FILES))
-    p.add_argument("--detector-model", help="ONNX file for the detector (default: shared models)")
-    p.add_argument("--det-size", type=_positive(int), default=640, help="detector input side")
-    p.add_argument(
-        "--det-scale",
-        type=_det_scale,
-        default=1.0,
-        help="shrink frames by this before detection, e.g. 0.5 (crops stay full size)",
-    )
-    p.add_argument("--det-threshold", type=_fraction, default=0.5)
+    add_detector_arguments(p)
     p.add_argument(
         "--crop-scale",
         type=_positive(float),
@@ -142,7 +112,6 @@ def register_scan(sub: Any) -> None:
     )
     p.add_argument("--max-bytes", type=_positive(int), default=LimitsConfig.max_bytes)
     add_limit_arguments(p)
-    p.add_argument("--detector-sha256", help="sha256 of --detector-model (default: manifest's)")
     p.add_argument("--runner", default="local", help="engine: local (default), ray, beam")
     p.add_argument("--ray-address", help="connect to this Ray cluster (auto, ray://head:10001)")
     p.add_argument("--run-id", help="id of this run (default: time + random)")
@@ -176,15 +145,7 @@ def build_scan_config(args: argparse.Namespace) -> ScanConfig:
         raise ConfigError(
             f"no model at {model}: pass --model CKPT or train one with `dfscan train`"
         )
-    detector = DetectorConfig.build(
-        args.detector,
-        args.detector_model,
-        det_size=args.det_size,
-        det_scale=args.det_scale,
-        score_threshold=args.det_threshold,
-        device=args.device,
-        model_sha256=(args.detector_sha256 or "").lower(),
-    )
+    detector = detector_from_args(args)
     crop = CropConfig(scale=args.crop_scale)  # None: the checkpoint's crop scale
     batch_size, backend = scorer_settings(args)
     return ScanConfig(

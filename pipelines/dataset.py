@@ -50,15 +50,14 @@ from typing import TYPE_CHECKING, Any
 
 from operators.base import Operator, Resources
 from pipelines.config import (
-    DETECTOR_FILES,
     ConfigError,
     CropConfig,
-    DetectorConfig,
     EngineConfig,
     LimitsConfig,
     SamplingConfig,
     ScanConfig,
 )
+from pipelines.detector_cli import add_detector_arguments, detector_from_args
 from pipelines.label_sources import (
     FFPP_COMPRESSIONS,
     LABEL_SOURCES,
@@ -552,8 +551,6 @@ def build_dataset(
 
 # ---------------------------------------------------------------- command line
 def register(sub: Any) -> None:
-    from pipelines.cli import _fraction
-
     p = sub.add_parser("dataset", help="build labelled training data from face shards or videos")
     dsub = p.add_subparsers(dest="dataset_command", required=True)
     b = dsub.add_parser(
@@ -591,11 +588,7 @@ def register(sub: Any) -> None:
     e = b.add_argument_group("extraction (--videos), as dfscan scan")
     e.add_argument("--faces-out", help="face shards URI to commit to (default: OUT/scan/faces)")
     e.add_argument("--frames", default="uniform:32", help="uniform:N | fps:F | keyframes")
-    e.add_argument("--detector", default="scrfd-500m", choices=sorted(DETECTOR_FILES))
-    e.add_argument("--detector-model", help="ONNX file for the detector (default: shared models)")
-    e.add_argument("--detector-sha256", help="sha256 of --detector-model (default: manifest's)")
-    e.add_argument("--det-size", type=_positive(int), default=640, help="detector input side")
-    e.add_argument("--det-threshold", type=_fraction, default=0.5)
+    add_detector_arguments(e)
     e.add_argument(
         "--crop-scale",
         type=_positive(float),
@@ -632,14 +625,7 @@ def extraction_config(args: argparse.Namespace, storage: dict[str, Any]) -> Scan
 
     if args.runner not in RUNNERS:
         raise ConfigError(f"unknown --runner {args.runner!r}: choose one of {', '.join(RUNNERS)}")
-    detector = DetectorConfig.build(
-        args.detector,
-        args.detector_model,
-        det_size=args.det_size,
-        score_threshold=args.det_threshold,
-        device=args.device,
-        model_sha256=(args.detector_sha256 or "").lower(),
-    )
+    detector = detector_from_args(args)
     return ScanConfig(
         input_uri=args.videos,
         out_uri=args.out,

@@ -247,7 +247,7 @@ def print_report(report: dict[str, Any]) -> None:
 # ---------------------------------------------------------------- command line
 def register(sub: Any) -> None:
     from operators.aggregate import DECISION_RULES
-    from pipelines.cli import _fraction
+    from pipelines.limits_cli import _fraction
     from pipelines.scoring_cli import add_scoring_arguments
 
     p = sub.add_parser("eval", help="grade a classifier on labelled faces or videos")

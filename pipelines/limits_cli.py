@@ -27,6 +27,17 @@ def _positive(kind: type) -> Any:
     return parse
 
 
+def _fraction(text: str) -> float:
+    """argparse type: a number within [0, 1]."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"must be within [0, 1], got {text}")
+    return value
+
+
 def add_limit_arguments(p: argparse.ArgumentParser) -> None:
     d = LimitsConfig
     p.add_argument(

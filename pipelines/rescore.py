@@ -201,7 +201,7 @@ def _config_json(cfg: RescoreConfig) -> str:
 # ---------------------------------------------------------------- command line
 def register(sub: Any) -> None:
     from operators.aggregate import DECISION_RULES
-    from pipelines.cli import _fraction
+    from pipelines.limits_cli import _fraction
     from pipelines.scoring_cli import add_scoring_arguments
 
     p = sub.add_parser("rescore", help="score committed face shards with a new model (no decoding)")
