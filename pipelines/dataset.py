@@ -206,22 +206,11 @@ def _extracted_from_record(d: Mapping[str, Any]) -> ExtractedVideo:
 def register_beam_result() -> None:
     """Tell the Beam runner how this list's last records travel back to the driver
     (it hands results back as Parquet with a schema, chosen by the last operator)."""
-    import pyarrow as pa
-
     from pipelines import beam_runner
+    from schemas.arrow import EXTRACTION_OUTCOME_SCHEMA
 
-    schema = pa.schema(
-        [
-            pa.field("video_id", pa.string(), nullable=False),
-            pa.field("uri", pa.string(), nullable=False),
-            pa.field("status", pa.string(), nullable=False),
-            pa.field("error", pa.string()),
-            pa.field("faces", pa.int64(), nullable=False),
-            pa.field("shard_uri", pa.string()),
-        ]
-    )
     beam_runner.RESULT_CODECS[ExtractionOutcome] = beam_runner.ResultCodec(
-        schema, _extracted_record, _extracted_from_record
+        EXTRACTION_OUTCOME_SCHEMA, _extracted_record, _extracted_from_record
     )
 
 

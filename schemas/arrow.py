@@ -129,3 +129,16 @@ LABELLED_FACE_SHARD_SCHEMA: pa.Schema = _with_meta(
     "labelled_face_shard",
     LABELLED_FACE_SHARD_SCHEMA_VERSION,
 )
+
+# What ``dfscan dataset build --videos`` gets back per video from an engine (Beam hands
+# results to the driver as Parquet): the extraction's outcome, not a scored row.
+EXTRACTION_OUTCOME_SCHEMA = pa.schema(
+    [
+        pa.field("video_id", pa.string(), nullable=False),
+        pa.field("uri", pa.string(), nullable=False),
+        pa.field("status", pa.string(), nullable=False),
+        pa.field("error", pa.string()),
+        pa.field("faces", pa.int64(), nullable=False),
+        pa.field("shard_uri", pa.string()),
+    ]
+)
