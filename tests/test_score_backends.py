@@ -167,7 +167,7 @@ def test_ort_dynamic_int8_quantises_the_convolutions_but_is_only_a_candidate(
     net = build_network("mobilenet_v2")
     net.load_state_dict(ckpt.state_dict)
     ctx = BackendContext("cpu", 0, "mobilenet_v2", 224, ckpt.sha256, str(tmp_path))
-    q = OnnxDynamicInt8Backend(FaceLogitNet(net.eval(), ckpt.meta.mean, ckpt.meta.std), ctx)
+    q = OnnxDynamicInt8Backend(lambda: FaceLogitNet(net.eval(), ckpt.meta.mean, ckpt.meta.std), ctx)
     ops = {n.op_type for n in onnx.load(str(q.model_path)).graph.node}
     assert "ConvInteger" in ops and "Conv" not in ops
     assert q.model_path.name.endswith("-dynint8.onnx") and q.model_path.parent == tmp_path / "onnx"

@@ -30,7 +30,7 @@ import os
 import tempfile
 import uuid
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
@@ -97,6 +97,10 @@ class BackendContext:
     cache_dir: str | None = None  # None: $DFSCAN_CACHE_DIR, else the user's cache folder
 
 
+# Builds the checkpoint's network on demand (see ScoreBackend.__init__).
+NetworkFactory = Callable[[], FaceLogitNet]
+
+
 class ScoreBackend(abc.ABC):
     """Runs a ``FaceLogitNet`` on uint8 RGB NHWC faces; built once per worker in ``load()``."""
 
@@ -104,7 +108,10 @@ class ScoreBackend(abc.ABC):
     uses_gpu: ClassVar[bool] = True  # False: CPU kernels only, so an engine needs no GPU for it
 
     @abc.abstractmethod
-    def __init__(self, model: FaceLogitNet, ctx: BackendContext) -> None: ...
+    def __init__(self, network: NetworkFactory, ctx: BackendContext) -> None:
+        """``network()`` builds the torch network: called only by backends that need it
+        (ONNX Runtime does not once its graph is cached, and then torchvision, 1.6 s of
+        imports, is never loaded)."""
 
     @abc.abstractmethod
     def logits(self, faces: np.ndarray) -> np.ndarray:
@@ -185,7 +192,8 @@ class TorchEagerBackend(ScoreBackend):
     name = "torch"
     memory_format: ClassVar[torch.memory_format] = torch.contiguous_format
 
-    def __init__(self, model: FaceLogitNet, ctx: BackendContext) -> None:
+    def __init__(self, network: NetworkFactory, ctx: BackendContext) -> None:
+        model = network()
         device = self._pick_device(ctx)
         if device.type == "cpu":
             torch.set_num_threads(ctx.num_threads or available_cpus())
@@ -313,7 +321,7 @@ def _write_atomically(path: Path, write: Any) -> None:
         tmp.unlink(missing_ok=True)
 
 
-def export_onnx(model: FaceLogitNet, ctx: BackendContext) -> Path:
+def export_onnx(network: NetworkFactory, ctx: BackendContext) -> Path:
     """The checkpoint's graph (uint8 NHWC in, logits out, any batch size), exported once.
 
     Keyed by the checkpoint's sha256 (weights and metadata) and the export revision, so a
@@ -325,7 +333,7 @@ def export_onnx(model: FaceLogitNet, ctx: BackendContext) -> Path:
     path = cache_dir(ctx.cache_dir) / f"{name}.onnx"
     if path.exists():
         return path
-    model = model.to("cpu").to(memory_format=torch.contiguous_format).eval()
+    model = network().to("cpu").to(memory_format=torch.contiguous_format).eval()
     example = torch.zeros((2, ctx.input_size, ctx.input_size, 3), dtype=torch.uint8)
 
     def write(tmp: Path) -> None:
@@ -364,8 +372,8 @@ class OnnxRuntimeBackend(ScoreBackend):
 
     name = "onnx"
 
-    def __init__(self, model: FaceLogitNet, ctx: BackendContext) -> None:
-        path = self._model_path(export_onnx(model, ctx), ctx)
+    def __init__(self, network: NetworkFactory, ctx: BackendContext) -> None:
+        path = self._model_path(export_onnx(network, ctx), ctx)
         self.model_path = path
         self._session = _session(path, self.providers(ctx), ctx.num_threads)
 

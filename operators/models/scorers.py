@@ -274,14 +274,17 @@ class TorchScorer(Scorer):
             raise ConfigError(
                 f"checkpoint extra.head_hidden is not an integer: {meta.extra}"
             ) from None
-        net = build_network(self.arch, hidden=hidden)
-        try:
-            net.load_state_dict(ckpt.state_dict, strict=True)
-        except RuntimeError as e:
-            first = str(e).strip().splitlines()[0]
-            raise ConfigError(
-                f"checkpoint {self.checkpoint_uri} weights do not fit: {first}"
-            ) from None
+        arch, uri = self.arch, self.checkpoint_uri
+
+        def network() -> FaceLogitNet:
+            net = build_network(arch, hidden=hidden)
+            try:
+                net.load_state_dict(ckpt.state_dict, strict=True)
+            except RuntimeError as e:
+                first = str(e).strip().splitlines()[0]
+                raise ConfigError(f"checkpoint {uri} weights do not fit: {first}") from None
+            return FaceLogitNet(net.eval(), meta.mean, meta.std)
+
         ctx = BackendContext(
             device=self.device,
             num_threads=self.num_threads,
@@ -290,7 +293,7 @@ class TorchScorer(Scorer):
             sha256=ckpt.sha256,
             cache_dir=self.cache_dir,
         )
-        self._runtime = backend_cls(FaceLogitNet(net.eval(), meta.mean, meta.std), ctx)
+        self._runtime = backend_cls(network, ctx)
         self._meta, self._sha256 = meta, ckpt.sha256
 
     @property
