@@ -22,7 +22,10 @@ class Resources:
     """What one instance of an operator needs; each adapter translates it.
 
     ``cpus`` may be fractional so that on a small machine an actor pool cannot take
-    every core and starve the tasks that feed it.
+    every core and starve the tasks that feed it. ``threads`` is how many calls of
+    ``process_batch`` one set-up instance serves at once (its own pool of worker
+    processes): the local runner drives it from that many threads; engines that make
+    their own instances (Ray actors, Beam DoFns) ask for 1.
     """
 
     cpus: float = 1.0
@@ -30,6 +33,7 @@ class Resources:
     batch_size: int = 1  # records per process_batch call
     concurrency: int | None = None  # instances; None lets the engine decide
     memory_mb: int | None = None
+    threads: int = 1  # concurrent process_batch calls one instance serves
 
 
 class Operator(abc.ABC, Generic[In, Out]):

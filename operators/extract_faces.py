@@ -10,14 +10,22 @@ default) the decode and detection of each video run in a child process
 (``operators.isolation.DecodeWorker``) that loads the detector once and is replaced when
 a decoder crashes it or a video hangs it; the video gets ``decode_error`` or ``timeout``
 and the scan goes on.
+
+``workers`` such processes make one extractor serve that many videos at once
+(``resources.threads``): on the local runner they are how decode+detect fills every core.
+The cores are split between them (``OMP_NUM_THREADS`` for ONNX Runtime, FFmpeg's thread
+count), since one single-threaded decoder and detector per core wastes less on thread
+hand-offs than two cores' worth of threads inside each of two processes.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import itertools
+import queue
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from operators.base import Operator, Resources
@@ -53,6 +61,7 @@ class FaceExtractor(Operator[VideoRef, VideoFaces]):
         storage_options: dict[str, Any] | None = None,
         decode_threads: int = 0,
         frames_per_batch: int = 8,
+        workers: int = 1,
     ) -> None:
         self.sampling = sampling
         self.detector_cfg = detector
@@ -62,27 +71,46 @@ class FaceExtractor(Operator[VideoRef, VideoFaces]):
         self.decode_threads = decode_threads
         # 8 frames in flight: at 1080p that is 50 MB of BGR, the bound on frame memory.
         self.frames_per_batch = frames_per_batch
+        if workers < 1:
+            raise ValueError(f"workers must be >= 1, got {workers}")
+        # Worker processes need isolation; in-process, one detector serves one call.
+        self.workers = workers if limits.isolate else 1
         self._detector: Any = None
         self._decoder: FrameDecoder | None = None
-        self._worker: Any = None  # operators.isolation.DecodeWorker when isolated
+        # operators.isolation.DecodeWorker, when isolated: all of them, and the idle ones.
+        self._pool: list[Any] = []
+        self._idle: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._info: DetectorInfo | None = None
         self._policy = UriPolicy.build(limits.allow_prefixes)
 
     @property
     def resources(self) -> Resources:
         # One video per call: videos differ 100x in cost, so finer units balance better.
-        return Resources(cpus=1.0, batch_size=1)
+        return Resources(cpus=1.0, batch_size=1, threads=self.workers)
 
     def setup(self) -> None:
-        from operators.detect_faces import build_detector, verify_detector_model
+        from operators.detect_faces import build_detector, cpu_threads, verify_detector_model
 
         if self.limits.isolate:
             from operators.isolation import KILL_GRACE_S, DecodeWorker
 
             # Refuse a tampered model here, in one line, before a worker is started.
             verify_detector_model(self.detector_cfg)
-            self._worker = DecodeWorker(self.in_process(), self.limits.timeout_s + KILL_GRACE_S)
-            self._info = self._worker.start()
+            share = max(1, cpu_threads() // self.workers)
+            # One worker keeps the process's own thread settings (Ray's OMP_NUM_THREADS).
+            env = {"OMP_NUM_THREADS": str(share)} if self.workers > 1 else {}
+            inner = self.in_process(decode_threads=share if self.workers > 1 else None)
+            limit_s = self.limits.timeout_s + KILL_GRACE_S
+            self._pool = [DecodeWorker(inner, limit_s, env) for _ in range(self.workers)]
+            try:  # started side by side: each spends ~1 s importing and loading the model
+                with ThreadPoolExecutor(self.workers) as ex:
+                    infos = list(ex.map(DecodeWorker.start, self._pool))
+            except BaseException:
+                self.teardown()
+                raise
+            for worker in self._pool:
+                self._idle.put(worker)
+            self._info = infos[0]
             return
         self._detector = build_detector(self.detector_cfg)
         self._detector.load()
@@ -91,7 +119,7 @@ class FaceExtractor(Operator[VideoRef, VideoFaces]):
             self.sampling, self.limits, self.decode_threads, self.storage_options
         )
 
-    def in_process(self) -> FaceExtractor:
+    def in_process(self, decode_threads: int | None = None) -> FaceExtractor:
         """This extractor's settings with isolation off: what a decode worker runs."""
         return FaceExtractor(
             self.sampling,
@@ -99,7 +127,7 @@ class FaceExtractor(Operator[VideoRef, VideoFaces]):
             self.crop,
             dataclasses.replace(self.limits, isolate=False),
             self.storage_options,
-            self.decode_threads,
+            self.decode_threads or decode_threads or 0,
             self.frames_per_batch,
         )
 
@@ -111,21 +139,26 @@ class FaceExtractor(Operator[VideoRef, VideoFaces]):
 
     @property
     def workers_started(self) -> int:
-        """Decode workers started so far: 1, plus one per crash or hang (0 in-process)."""
-        return self._worker.started if self._worker is not None else 0
+        """Decode workers started so far: ``workers``, plus one per crash or hang (0
+        in-process)."""
+        return sum(worker.started for worker in self._pool)
 
     def teardown(self) -> None:
-        if self._worker is not None:
-            self._worker.close()
-        self._worker = None
+        for worker in self._pool:
+            worker.close()
+        self._pool = []
+        self._idle = queue.SimpleQueue()
         self._detector = None
         self._decoder = None
 
     def __getstate__(self) -> dict[str, Any]:
         # Engines pickle operators before setup(); a live worker never travels.
         state = dict(self.__dict__)
-        state.update(_worker=None, _detector=None, _decoder=None, _info=None)
+        state.update(_pool=[], _idle=None, _detector=None, _decoder=None, _info=None)
         return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state, _idle=queue.SimpleQueue())
 
     def process_batch(self, items: list[VideoRef]) -> list[VideoFaces]:
         return [self.extract(ref) for ref in items]
@@ -144,8 +177,12 @@ class FaceExtractor(Operator[VideoRef, VideoFaces]):
                 raise VideoTooLarge(
                     f"{ref.size_bytes} bytes exceeds the limit of {self.limits.max_bytes}"
                 )
-            if self._worker is not None:
-                return self._worker.extract(ref)
+            if self._pool:
+                worker = self._idle.get()  # one per calling thread: resources.threads
+                try:
+                    return worker.extract(ref)
+                finally:
+                    self._idle.put(worker)
             return self._extract(ref, base)
         except VideoError as err:
             return dataclasses.replace(base, status=err.status, error=str(err))

@@ -96,12 +96,16 @@ class DecodeWorker:
     """One child process running ``FaceExtractor.extract`` for one video at a time.
 
     ``extractor`` is an in-process FaceExtractor (``limits.isolate`` False), pickled to
-    the child with its small settings; the child calls ``setup()`` once.
+    the child with its small settings; the child calls ``setup()`` once. ``env`` is set
+    in the child's environment on top of this process's (its thread count).
     """
 
-    def __init__(self, extractor: FaceExtractor, limit_s: float) -> None:
+    def __init__(
+        self, extractor: FaceExtractor, limit_s: float, env: dict[str, str] | None = None
+    ) -> None:
         self.extractor = extractor
         self.limit_s = limit_s  # per-video wall clock before the worker is killed
+        self.env = dict(env or {})
         self._proc: subprocess.Popen[bytes] | None = None
         self._conn: Connection | None = None
         self._finalizer: weakref.finalize | None = None
@@ -123,6 +127,7 @@ class DecodeWorker:
         # (a Ray runtime_env, a Beam staging dir, pytest's rootdir).
         paths = [p for p in sys.path if p and os.path.isdir(p)]
         env["PYTHONPATH"] = os.pathsep.join([*paths, env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+        env.update(self.env)
         try:
             proc = subprocess.Popen(
                 [sys.executable, "-m", "operators.isolation", str(child.fileno())],

@@ -44,23 +44,30 @@ class FaceScorer(Operator[VideoFaces, ScoredVideo]):
 
     name = "score_faces"
 
-    def __init__(self, cfg: ScorerConfig, storage_options: dict[str, Any] | None = None) -> None:
+    def __init__(
+        self,
+        cfg: ScorerConfig,
+        storage_options: dict[str, Any] | None = None,
+        videos_per_call: int = 8,
+    ) -> None:
         if cfg.batch_size < 1:
             raise ConfigError(f"scorer batch size must be >= 1, got {cfg.batch_size}")
         score_backend(cfg.backend)  # a typo fails on the driver, not on a remote worker
         self.cfg = cfg
         # The checkpoint may live in the same bucket as the data (s3://models/...).
         self.storage_options = dict(storage_options or {})
+        self.videos_per_call = max(1, videos_per_call)
         self._scorer: Scorer | None = None
 
     @property
     def resources(self) -> Resources:
-        # 8 videos x ~32 sampled frames gives a few full forward passes of 64 faces per call.
+        # 8 videos x ~32 sampled frames gives a few full forward passes of 64 faces per call;
+        # fewer when face shards are smaller (a small scan), so scoring starts sooner.
         # A whole GPU when one is wanted and the engine has it; the adapter checks the cluster.
         # A CPU-only backend (int8) never asks for one, whatever --device says.
         on_gpu = self.cfg.device != "cpu" and score_backend(self.cfg.backend).uses_gpu
         gpus = 1.0 if on_gpu else 0.0
-        return Resources(cpus=1.0, gpus=gpus, batch_size=8)
+        return Resources(cpus=1.0, gpus=gpus, batch_size=self.videos_per_call)
 
     def setup(self) -> None:
         if self._scorer is None:

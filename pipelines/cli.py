@@ -134,6 +134,7 @@ def register_scan(sub: Any) -> None:
 
 
 def build_scan_config(args: argparse.Namespace) -> ScanConfig:
+    from pipelines.graph import decode_workers
     from pipelines.scan import RUNNERS
 
     if args.runner not in RUNNERS:
@@ -148,7 +149,7 @@ def build_scan_config(args: argparse.Namespace) -> ScanConfig:
     detector = detector_from_args(args)
     crop = CropConfig(scale=args.crop_scale)  # None: the checkpoint's crop scale
     batch_size, backend = scorer_settings(args)
-    return ScanConfig(
+    cfg = ScanConfig(
         input_uri=args.input,
         out_uri=args.out,
         warehouse_url=args.warehouse or default_warehouse(args.out),
@@ -173,6 +174,8 @@ def build_scan_config(args: argparse.Namespace) -> ScanConfig:
         rescan=args.rescan,
         window=window,
     )
+    decode_workers(cfg)  # a setting the chosen engine cannot honour fails here, in one line
+    return cfg
 
 
 def run_scan_command(args: argparse.Namespace) -> int:

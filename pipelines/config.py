@@ -147,6 +147,10 @@ class LimitsConfig:
     allowed_codecs: tuple[str, ...] = ALLOWED_VIDEO_CODECS  # FFmpeg codec ids (canonical)
     # Decode+detect in a child process that a crash or hang costs, not the run.
     isolate: bool = True
+    # Decode workers per extractor (isolated only): 0 = one per core on the local runner,
+    # where they are the scan's parallelism; one on Ray and Beam, which run an extractor
+    # per actor or worker thread themselves.
+    decode_workers: int = 0
     # Input URIs must sit under one of these (``file:///`` = any local file); empty:
     # no restriction (the CLI always sets some, see ``--allow-prefix``).
     allow_prefixes: tuple[str, ...] = ()

@@ -16,7 +16,7 @@ from operators.list_videos import VideoHasher
 from operators.score_faces import FaceScorer
 from operators.write_face_shards import FaceShardWriter
 from operators.write_warehouse import WarehouseWriter
-from pipelines.config import ScanConfig
+from pipelines.config import ConfigError, ScanConfig
 
 
 @dataclass(frozen=True)
@@ -52,6 +52,32 @@ def configure_for_model(cfg: ScanConfig, model: ModelInfo) -> ScanConfig:
     return dataclasses.replace(cfg, crop=crop, aggregate=aggregate)
 
 
+def decode_workers(cfg: ScanConfig) -> int:
+    """Decode worker processes of the scan's one extractor: as asked, else one per core on
+    the local runner (its only parallelism for decode+detect), one elsewhere (Ray and Beam
+    run an extractor per actor or worker)."""
+    from operators.detect_faces import cpu_threads
+
+    if cfg.engine.name != "local":
+        if cfg.limits.decode_workers > 1:
+            raise ConfigError(
+                f"--decode-workers is the local runner's; {cfg.engine.name} runs one decode"
+                " worker per actor or worker and scales by adding them"
+            )
+        return 1
+    if cfg.limits.decode_workers:
+        return cfg.limits.decode_workers
+    return cpu_threads() if cfg.limits.isolate else 1
+
+
+def shard_videos(videos: int, cap: int) -> int:
+    """Videos per face shard for a scan of ``videos``: ``cap`` (16) for runs of 8 x cap
+    and more, else about an eighth of the run. A part is committed, and its faces scored,
+    only when it is full, so a small scan with full-size parts would decode everything
+    before scoring anything; eight parts let scoring overlap decoding."""
+    return max(1, min(cap, -(-videos // 8)))
+
+
 def build_extraction_operators(cfg: ScanConfig, faces_uri: str | None = None) -> list[Operator]:
     """hash -> decode+detect -> face shards: the scan's head, which ``dfscan dataset build
     --videos`` runs alone so training crops are cut exactly as scans cut them.
@@ -60,7 +86,9 @@ def build_extraction_operators(cfg: ScanConfig, faces_uri: str | None = None) ->
     faces = faces_uri or cfg.faces_uri
     return [
         VideoHasher(cfg.limits.max_bytes, opts, cfg.limits.allow_prefixes),
-        FaceExtractor(cfg.sampling, cfg.detector, cfg.crop, cfg.limits, opts),
+        FaceExtractor(
+            cfg.sampling, cfg.detector, cfg.crop, cfg.limits, opts, workers=decode_workers(cfg)
+        ),
         FaceShardWriter(faces, cfg.run_id, cfg.crop_scale, opts, cfg.shard_max_videos),
     ]
 
@@ -70,7 +98,8 @@ def build_operators(cfg: ScanConfig, model: ModelInfo) -> list[Operator]:
     opts = cfg.storage_options
     return [
         *build_extraction_operators(cfg),
-        FaceScorer(cfg.scorer, opts),
+        # Never more videos per call than a shard brings at once: scoring starts per part.
+        FaceScorer(cfg.scorer, opts, videos_per_call=min(8, cfg.shard_max_videos)),
         VideoAggregator(cfg.aggregate, model.version, model.arch, cfg.run_id),
         WarehouseWriter(cfg.warehouse_url),
     ]

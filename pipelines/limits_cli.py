@@ -75,6 +75,14 @@ def add_limit_arguments(p: argparse.ArgumentParser) -> None:
         help="decode in the worker's own process (faster start; a decoder crash ends the run)",
     )
     p.add_argument(
+        "--decode-workers",
+        type=_positive(int),
+        default=None,
+        metavar="N",
+        help="decode+detect worker processes (default: one per core on the local runner,"
+        " one per actor on Ray and Beam)",
+    )
+    p.add_argument(
         "--allow-prefix",
         action="append",
         default=None,
@@ -99,6 +107,8 @@ def limits_from_args(args: argparse.Namespace) -> LimitsConfig:
     policy = UriPolicy.build(prefixes)
     if not manifest and not template and (why := policy.refusal(args.input)) is not None:
         raise ConfigError(f"input {args.input} is not allowed: {why}")
+    if args.no_isolate and (args.decode_workers or 1) > 1:
+        raise ConfigError("--decode-workers needs isolation: drop --no-isolate or ask for 1")
     return LimitsConfig(
         max_bytes=args.max_bytes,
         timeout_s=args.timeout,
@@ -108,5 +118,6 @@ def limits_from_args(args: argparse.Namespace) -> LimitsConfig:
         max_streams=args.max_streams,
         allowed_codecs=codecs,
         isolate=not args.no_isolate,
+        decode_workers=args.decode_workers or 0,
         allow_prefixes=policy.prefixes,
     )

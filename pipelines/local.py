@@ -2,8 +2,13 @@
 
 Each operator runs in its own thread, connected to the next by a bounded queue, so
 decode+detect of the next videos overlaps scoring of the previous ones: PyAV, ONNX
-Runtime and torch all release the GIL in their native loops. Queues hold at most two
-batches per stage, so memory stays bounded however many videos are listed. With
+Runtime and torch all release the GIL in their native loops. An operator that serves
+several calls at once (``resources.threads``: the extractor's pool of decode worker
+processes, one per core) gets that many threads on the same queue. Each operator is set
+up in its own thread and its stage starts once it is ready, so the decode workers start
+decoding while the classifier is still loading. Queues
+hold at most two batches per stage, so memory stays bounded however many videos are
+listed. With
 ``threaded=False`` the same operators run as a chain of lazy generators (one stage at a
 time; the reference behaviour, and easier to profile).
 
@@ -69,6 +74,7 @@ class _Pipe:
                     raise _Stop from None
                 continue
             if item is _END:
+                self.q.put_nowait(_END)  # for the stage's other threads: they end too
                 return
             yield item
 
@@ -84,18 +90,18 @@ class LocalRunner:
     def run(
         self, files: Iterable[VideoFile], operators: list[Operator], metrics: ScanMetrics
     ) -> Iterator[VideoScan]:
+        if self.threaded and len(operators) > 1:
+            yield from self._run_threaded(iter(files), operators, metrics)
+            return
         ready: list[Operator] = []
         try:
             for op in operators:
                 op.setup()  # a failing setup still tears down those set up before it
                 ready.append(op)
-            if self.threaded and len(operators) > 1:
-                yield from self._run_threaded(iter(files), operators, metrics)
-            else:
-                stream: Iterator[Any] = iter(files)
-                for op in operators:
-                    stream = _run_stage(op, stream, metrics)
-                yield from stream
+            stream: Iterator[Any] = iter(files)
+            for op in operators:
+                stream = _run_stage(op, stream, metrics)
+            yield from stream
         finally:
             for op in reversed(ready):
                 op.teardown()
@@ -105,7 +111,22 @@ class LocalRunner:
     ) -> Iterator[Any]:
         abort = threading.Event()
         errors: list[BaseException] = []
+        setup_errors: dict[int, BaseException] = {}
+        # Each operator is set up in its own thread and its stage starts when it is ready:
+        # the decode workers start decoding while the classifier is still loading.
+        settled = [threading.Event() for _ in operators]
+        is_set_up = [False] * len(operators)
         pipes = [_Pipe(2 * max(1, op.resources.batch_size), abort) for op in operators]
+
+        def setup(i: int, op: Operator) -> None:
+            try:
+                op.setup()
+                is_set_up[i] = True
+            except BaseException as exc:  # raised in the caller, first in operator order
+                setup_errors[i] = exc
+                abort.set()
+            finally:
+                settled[i].set()
 
         def feed() -> None:
             try:
@@ -115,12 +136,24 @@ class LocalRunner:
             except _Stop:
                 pass
 
+        running = [max(1, op.resources.threads) for op in operators]
+        lock = threading.Lock()
+
         def stage(i: int, op: Operator) -> None:
             out = pipes[i + 1] if i + 1 < len(operators) else final
+            while not settled[i].wait(0.1):
+                if abort.is_set():
+                    return
+            if not is_set_up[i]:
+                return
             try:
                 for item in _run_stage(op, iter(pipes[i]), metrics):
                     out.put(item)
-                out.put(_END)
+                with lock:
+                    running[i] -= 1
+                    last = running[i] == 0
+                if last:  # the stage's last thread to finish ends the next stage's input
+                    out.put(_END)
             except _Stop:
                 pass
             except BaseException as exc:  # a bug in an operator: re-raised in the caller
@@ -128,12 +161,17 @@ class LocalRunner:
                 abort.set()
 
         final = _Pipe(2 * max(1, operators[-1].resources.batch_size), abort)
-        threads = [threading.Thread(target=feed, name="dfscan-feed", daemon=True)]
-        threads += [
-            threading.Thread(target=stage, args=(i, op), name=f"dfscan-{op.name}", daemon=True)
+        setups = [
+            threading.Thread(target=setup, args=(i, op), name=f"dfscan-setup-{op.name}")
             for i, op in enumerate(operators)
         ]
-        for t in threads:
+        threads = [threading.Thread(target=feed, name="dfscan-feed", daemon=True)]
+        threads += [
+            threading.Thread(target=stage, args=(i, op), name=f"dfscan-{op.name}-{k}", daemon=True)
+            for i, op in enumerate(operators)
+            for k in range(running[i])
+        ]
+        for t in [*setups, *threads]:
             t.start()
         completed = False
         try:
@@ -144,7 +182,14 @@ class LocalRunner:
         finally:
             if not completed:
                 abort.set()  # failure, or the consumer stopped early: unblock every stage
+            for t in setups:
+                t.join()  # a setup cannot be interrupted; what it set up is torn down below
             for t in threads:
                 t.join(timeout=None if completed else 5)
+            for i in reversed(range(len(operators))):
+                if is_set_up[i]:
+                    operators[i].teardown()
+        if setup_errors:
+            raise setup_errors[min(setup_errors)]
         if errors:
             raise errors[0]

@@ -9,7 +9,7 @@ import logging
 import time
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Protocol
 
 from operators.base import Operator
@@ -19,7 +19,13 @@ from operators.redact import redact, redact_values
 from operators.write_face_shards import commit_run
 from pipelines import code_version
 from pipelines.config import ConfigError, EngineConfig, ScanConfig
-from pipelines.graph import ModelInfo, build_operators, configure_for_model, resolve_model
+from pipelines.graph import (
+    ModelInfo,
+    build_operators,
+    configure_for_model,
+    resolve_model,
+    shard_videos,
+)
 from pipelines.incremental import plan_scan
 from schemas.records import VideoFile, VideoScan
 
@@ -190,6 +196,9 @@ def run_scan(
         # duplicate refs (~0.5 KB a video; most of a nightly listing) are let go here.
         refs: list[Any] = plan.todo  # the runner feeds what the first operator takes
         del files, plan
+        per_shard = shard_videos(len(refs), cfg.shard_max_videos)
+        if per_shard != cfg.shard_max_videos:
+            operators = build_operators(replace(cfg, shard_max_videos=per_shard), model)[1:]
         if on_listed:
             on_listed(len(refs))
         metrics.set_backlog(len(refs))

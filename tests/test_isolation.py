@@ -13,10 +13,12 @@ import os
 import pickle
 import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
 
+from operators.detect_faces import cpu_threads
 from operators.extract_faces import FaceExtractor
 from operators.isolation import FAULTS_ENV, loads_record
 from operators.list_videos import VideoHasher
@@ -26,12 +28,13 @@ from tests.media import encode_clip, noise_frames
 from tests.processes import TAG_ENV, tagged_processes
 
 
-def extractor(**limits: object) -> FaceExtractor:
+def extractor(workers: int = 1, **limits: object) -> FaceExtractor:
     return FaceExtractor(
         SamplingConfig.parse("uniform:2"),
         DetectorConfig.build("scrfd-500m"),
         CropConfig(size=224, scale=1.3),
         LimitsConfig(**limits),  # type: ignore[arg-type]
+        workers=workers,
     )
 
 
@@ -54,8 +57,9 @@ def faults(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def worker_pid(ex: FaceExtractor) -> int:
-    assert ex._worker is not None and ex._worker._proc is not None
-    return ex._worker._proc.pid
+    (worker,) = ex._pool
+    assert worker._proc is not None
+    return worker._proc.pid
 
 
 def test_an_aborting_decoder_costs_one_video_and_the_worker_is_replaced(clips, faults):
@@ -121,6 +125,36 @@ def test_isolated_and_in_process_give_the_same_record(clips):
     assert dataclasses.replace(a, **strip) == dataclasses.replace(b, **strip)
 
 
+def test_two_workers_serve_two_videos_at_once_and_split_the_cores(
+    clips, faults, monkeypatch: pytest.MonkeyPatch
+):
+    """The local runner's parallelism: one extractor, two worker processes, one per
+    calling thread; each worker gets half the cores; a crash in one costs one video."""
+    tag = uuid.uuid4().hex
+    monkeypatch.setenv(TAG_ENV, tag)
+    names = ["a.mp4", "b.mp4", "fault-abort.mp4", "c.mp4", "a.mp4", "b.mp4"]
+    with extractor(workers=2) as ex, extractor(isolate=False) as in_process:
+        assert ex.resources.threads == 2 and in_process.resources.threads == 1
+        pids = {w._proc.pid for w in ex._pool}
+        assert sorted(pids) == sorted(pid for pid, _ in tagged_processes(tag)) and len(pids) == 2
+        share = f"OMP_NUM_THREADS={max(1, cpu_threads() // 2)}".encode()
+        for pid in pids:  # ONNX Runtime in each worker takes its half of the cores
+            assert share in Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+        with ThreadPoolExecutor(2) as pool:
+            out = list(pool.map(ex.extract, [clips[n] for n in names]))
+        expected = [in_process.extract(clips[n]) for n in names if "fault" not in n]
+        assert ex.workers_started == 3  # two, and one replacing the aborted one
+    strip = {"stage_seconds": {}}
+    statuses = [o.status for o in out]
+    assert (
+        statuses
+        == [VideoStatus.NO_FACE] * 2 + [VideoStatus.DECODE_ERROR] + [VideoStatus.NO_FACE] * 3
+    )
+    good = [dataclasses.replace(o, **strip) for o in out if o.status == VideoStatus.NO_FACE]
+    assert good == [dataclasses.replace(e, **strip) for e in expected]
+    assert tagged_processes(tag) == []
+
+
 def test_the_fault_hook_does_nothing_in_process(clips, faults):
     with extractor(isolate=False) as ex:
         assert ex.extract(clips["fault-abort.mp4"]).status == VideoStatus.NO_FACE
@@ -140,8 +174,8 @@ def test_teardown_leaves_no_worker_process(clips, monkeypatch: pytest.MonkeyPatc
 def test_a_worker_exits_when_its_parent_goes_away(clips):
     ex = extractor()
     ex.setup()
-    worker = ex._worker
-    assert worker is not None and worker._proc is not None and worker._conn is not None
+    (worker,) = ex._pool
+    assert worker._proc is not None and worker._conn is not None
     proc = worker._proc
     worker._conn.close()  # what the kernel does to the socket when the parent dies
     assert proc.wait(timeout=10) == 0

@@ -68,7 +68,7 @@ def test_stages_run_in_their_own_threads_and_overlap():
 
         op.process_batch = timed  # type: ignore[method-assign]
     assert len(list(LocalRunner(True).run(range(10), [first, second], ScanMetrics()))) == 10
-    assert first.threads == {"dfscan-first"} and second.threads == {"dfscan-second"}
+    assert first.threads == {"dfscan-first-0"} and second.threads == {"dfscan-second-0"}
     # Some batch of the second stage ran while the first stage was working on another.
     assert any(a0 < b1 and b0 < a1 for a0, a1 in spans["first"] for b0, b1 in spans["second"])
 
@@ -104,4 +104,68 @@ def test_a_failing_setup_tears_down_the_operators_already_set_up(threaded: bool)
     with pytest.raises(RuntimeError, match="model file missing"):
         list(LocalRunner(threaded).run(range(3), [first, bad, last], ScanMetrics()))
     assert (first.setups, first.teardowns) == (1, 1)  # e.g. a decode worker process
-    assert (bad.teardowns, last.setups, last.teardowns) == (0, 0, 0)
+    assert bad.teardowns == 0
+    # Threaded, the operators are set up side by side: the last one too, and torn down.
+    assert (last.setups, last.teardowns) == ((1, 1) if threaded else (0, 0))
+    assert not [t for t in threading.enumerate() if t.name.startswith("dfscan-")]
+
+
+class SlowSetup(AddOne):
+    name = "slow_setup"
+
+    def setup(self) -> None:
+        time.sleep(0.5)
+        super().setup()
+
+
+def test_a_stage_starts_when_its_own_setup_is_done_not_the_slowest():
+    """The decode workers decode while the classifier is still loading."""
+    first, slow = AddOne(1), SlowSetup(1)
+    started: list[float] = []
+    inner = first.process_batch
+
+    def timed(items: list[int]) -> list[int]:
+        started.append(time.perf_counter())
+        return inner(items)
+
+    first.process_batch = timed  # type: ignore[method-assign]
+    t0 = time.perf_counter()
+    out = list(LocalRunner(True).run(range(4), [first, slow], ScanMetrics()))
+    assert out == [2, 3, 4, 5]
+    assert started and started[0] - t0 < 0.4  # not after the slow setup's 0.5 s
+    assert time.perf_counter() - t0 >= 0.5
+
+
+class TwoAtOnce(AddOne):
+    """Serves two calls at once, as the extractor does with two decode workers."""
+
+    name = "two_at_once"
+
+    def __init__(self) -> None:
+        super().__init__(batch=1, delay=0.05)
+        self.active = self.peak = 0
+        self.lock = threading.Lock()
+
+    @property
+    def resources(self) -> Resources:
+        return Resources(batch_size=1, threads=2)
+
+    def process_batch(self, items: list[int]) -> list[int]:
+        with self.lock:
+            self.active += 1
+            self.peak = max(self.peak, self.active)
+        try:
+            return super().process_batch(items)
+        finally:
+            with self.lock:
+                self.active -= 1
+
+
+def test_an_operator_serving_two_calls_gets_two_threads_and_each_item_once():
+    op, after = TwoAtOnce(), AddOne(3)
+    out = list(LocalRunner(True).run(range(20), [op, after], ScanMetrics()))
+    assert sorted(out) == [i + 2 for i in range(20)]  # order is not kept across threads
+    assert op.threads == {"dfscan-two_at_once-0", "dfscan-two_at_once-1"}
+    assert op.peak == 2
+    assert (op.setups, op.teardowns) == (1, 1)
+    assert not [t for t in threading.enumerate() if t.name.startswith("dfscan-")]
