@@ -28,7 +28,6 @@ import argparse
 import hashlib
 import json
 import os
-import resource
 import subprocess
 import sys
 import time
@@ -40,6 +39,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.corpus import build_corpus  # noqa: E402
+from benchmarks.floors import ffmpeg_full, ffmpeg_startup  # noqa: E402
 
 SAMPLING = "uniform:32"
 TARGET = 0.5  # issue #8: sampled decode at most half of ffmpeg's full decode
@@ -64,29 +64,6 @@ VARIANTS = (
 )
 AFTER = "seek_nonref"
 BEFORE = "seek"
-
-
-def _children_cpu() -> float:
-    r = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return r.ru_utime + r.ru_stime
-
-
-def ffmpeg_cpu(args: list[str]) -> float:
-    """CPU seconds of one ffmpeg run (user + system, from its rusage)."""
-    before = _children_cpu()
-    subprocess.run(["ffmpeg", *args], check=True, stdout=subprocess.DEVNULL)
-    return _children_cpu() - before
-
-
-def ffmpeg_full(video: Path, keyframes: bool = False) -> float:
-    skip = ["-skip_frame", "nokey"] if keyframes else []
-    base = ["-v", "error", "-threads", "1", *skip, "-i", str(video), "-map", "0:v:0"]
-    return ffmpeg_cpu([*base, "-f", "null", "-"])
-
-
-def ffmpeg_startup(repeat: int) -> float:
-    """What an ffmpeg process costs before it reads a byte: loading and initialising."""
-    return min(ffmpeg_cpu(["-v", "error", "-version"]) for _ in range(max(3, repeat)))
 
 
 def pyav_full(video: Path, skip_frame: Literal["DEFAULT", "NONREF"]) -> tuple[float, int, int]:
@@ -373,7 +350,7 @@ def main() -> int:
     videos = sorted(v for v in build_corpus().glob("*.mp4") if args.only in v.name)
     if not videos:
         p.error(f"no corpus video matches --only {args.only!r}")
-    startup = ffmpeg_startup(args.repeat)
+    startup = ffmpeg_startup()
     dfscan_decode(videos[0], VARIANTS[-1])  # warm up: imports, first swscale context
     rows = []
     for video in videos:

@@ -48,15 +48,19 @@ def ffmpeg_startup() -> float:
     return min(ffmpeg_cpu(["-v", "error", "-version"]) for _ in range(3))
 
 
+def ffmpeg_full(video: Path, keyframes: bool = False) -> float:
+    """CPU seconds of ``ffmpeg -threads 1`` decoding the video stream (keyframes only)."""
+    skip = ["-skip_frame", "nokey"] if keyframes else []
+    base = ["-v", "error", "-threads", "1", *skip, "-i", str(video), "-map", "0:v:0"]
+    return ffmpeg_cpu([*base, "-f", "null", "-"])
+
+
 def ffmpeg_floors(videos: list[Path]) -> dict[str, float]:
-    """Single-thread FFmpeg CPU seconds to decode every frame, and keyframes only."""
+    """Single-thread FFmpeg CPU seconds to decode every frame, and keyframes only, net of
+    FFmpeg's start-up per file."""
     startup = ffmpeg_startup()
-    full = key = 0.0
-    for v in videos:
-        base = ["-v", "error", "-threads", "1"]
-        tail = ["-i", str(v), "-map", "0:v:0", "-f", "null", "-"]
-        full += max(ffmpeg_cpu([*base, *tail]) - startup, 0.0)
-        key += max(ffmpeg_cpu([*base, "-skip_frame", "nokey", *tail]) - startup, 0.0)
+    full = sum(max(ffmpeg_full(v) - startup, 0.0) for v in videos)
+    key = sum(max(ffmpeg_full(v, keyframes=True) - startup, 0.0) for v in videos)
     return {"ffmpeg_full_s": full, "ffmpeg_keyframes_s": key, "ffmpeg_startup_s": startup}
 
 
@@ -101,6 +105,25 @@ def detector_floor_per_video(
         det.detect_batch(images)
         out[str(video)] = (time.process_time() - t0) / len(images)
     return out
+
+
+def decode_cpu(videos: list[Path], sampling: str) -> float:
+    """CPU seconds of the scan's own decoder (one FFmpeg thread, sampled frames converted
+    to BGR as the scan does) over ``videos``: what decoding costs a core, which the
+    scan's ``decode_s`` (wall time inside busy workers) overstates when cores are shared."""
+    from operators.decode_frames import FrameDecoder
+
+    decoder = FrameDecoder(
+        SamplingConfig.parse(sampling), dataclasses.replace(LimitsConfig(), isolate=False), 1
+    )
+    total = 0.0
+    for video in videos:
+        t0 = time.process_time()
+        with decoder.open(str(video), time.monotonic() + 300) as opened:
+            for _ in opened.frames:
+                pass
+        total += time.process_time() - t0
+    return total
 
 
 def scorer_floor(checkpoint: str) -> tuple[float, int]:

@@ -57,7 +57,9 @@ def load_costs(path: Path) -> MeasuredCosts:
         raise ConfigError(f"{path} has no local uniform:32 scan with video_seconds")
     scan, floors = scans[0], data["floors"]
     return MeasuredCosts(
-        decode_s_per_video_s=scan["decode_s"] / data["video_seconds"],
+        # CPU seconds of the scan's decoder alone when measured (decode_s is wall time
+        # inside workers that share the cores, an upper bound).
+        decode_s_per_video_s=scan.get("decode_cpu_s", scan["decode_s"]) / data["video_seconds"],
         detect_s_per_frame=floors["detector_s_per_frame"],
         faces_per_frame=scan["faces"] / max(1, scan["frames_n"]),
         score_s_per_face=floors["scorer_s_per_face"],
