@@ -6,11 +6,10 @@ Runtime and torch all release the GIL in their native loops. An operator that se
 several calls at once (``resources.threads``: the extractor's pool of decode worker
 processes, one per core) gets that many threads on the same queue. Each operator is set
 up in its own thread and its stage starts once it is ready, so the decode workers start
-decoding while the classifier is still loading. Queues
-hold at most two batches per stage, so memory stays bounded however many videos are
-listed. With
-``threaded=False`` the same operators run as a chain of lazy generators (one stage at a
-time; the reference behaviour, and easier to profile).
+decoding while the classifier is still loading. Queues hold at most two batches per
+stage, so memory stays bounded however many videos are listed. Order is kept except
+across a stage's threads. With ``threaded=False`` the same operators run as a chain of
+lazy generators (one stage at a time; the reference behaviour, and easier to profile).
 
 Timing per stage is the adapter's job (operators know nothing of metrics).
 """
