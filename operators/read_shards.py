@@ -16,9 +16,10 @@ holding those videos (rows are sorted by video).
 
 from __future__ import annotations
 
+import contextlib
 import posixpath
 from collections import Counter, defaultdict
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -282,7 +283,8 @@ def read_face_shards(
         list(full.values()), schema=FACE_SHARD_SCHEMA, format="parquet", filesystem=fs
     )
     for fragment in dataset.get_fragments():
-        check_footer(fragment.metadata, fragment.path)
+        with refusing_bad_text(fragment.path):
+            check_footer(fragment.metadata, fragment.path)
     flt = ds.field("video_id").isin(video_ids) if video_ids is not None else None
     listed = Counter(v for p in parts for v in p.faces_per_video)
     if not once_per_cut or all(n == 1 for n in listed.values()):
@@ -318,8 +320,13 @@ def check_footer(metadata: pq.FileMetaData, part: str) -> None:
     Found by fuzzing: a footer whose chunk says BOOLEAN where the schema says
     BYTE_ARRAY makes Arrow's C++ reader throw inside a noexcept path (statistics of a
     filtered read), which aborts the whole process. Checking the footer first, in
-    Python, turns that into a DamagedShard."""
+    Python, turns that into a DamagedShard. Also every column of the face schema
+    present by name: a dataset read with an explicit schema fills a column the file
+    does not have with nulls, so a renamed column would read as empty."""
     schema = metadata.schema
+    missing = set(FACE_SHARD_SCHEMA.names) - set(schema.to_arrow_schema().names)
+    if missing:
+        raise DamagedShard(f"{part}: damaged shard, no column {', '.join(sorted(missing))}")
     for r in range(metadata.num_row_groups):
         group = metadata.row_group(r)
         if group.num_columns != len(schema):
@@ -331,6 +338,18 @@ def check_footer(metadata: pq.FileMetaData, part: str) -> None:
                     f"{part}: damaged shard, column {declared.path} stored as"
                     f" {chunk.physical_type}, declared {declared.physical_type}"
                 )
+
+
+@contextlib.contextmanager
+def refusing_bad_text(part: str) -> Iterator[None]:
+    """Text in a footer that is not UTF-8 (column names, metadata keys) as a DamagedShard.
+
+    Found by fuzzing: pyarrow decodes footer strings lazily and lets the
+    ``UnicodeDecodeError`` escape from attribute access, which no caller expects."""
+    try:
+        yield
+    except UnicodeDecodeError as err:
+        raise DamagedShard(f"{part}: damaged shard, footer text is not UTF-8 ({err})") from err
 
 
 def _check_no_nulls(table: pa.Table, part: str) -> None:
@@ -406,7 +425,7 @@ class ShardFaceReader(Operator[ShardVideo, VideoFaces]):
     def read_part(self, part: str, video_ids: list[str]) -> dict[str, list[FaceCrop]]:
         """The faces of ``video_ids`` in one part, per video, in file order."""
         fs, path = fsspec.core.url_to_fs(part, **self.storage_options)
-        with fs.open(path, "rb") as fh:
+        with fs.open(path, "rb") as fh, refusing_bad_text(part):
             check_footer(pq.ParquetFile(fh).metadata, part)
             fh.seek(0)
             table = pq.read_table(

@@ -12,7 +12,7 @@ import pyarrow.parquet as pq
 import pytest
 
 import operators.write_face_shards as write_face_shards
-from operators.read_shards import committed_parts, list_shards
+from operators.read_shards import DamagedShard, ShardFaceReader, committed_parts, list_shards
 from operators.shard_layout import DEFAULT_PARTITION, partition_date
 from operators.write_face_shards import FaceShardWriter, commit_run, read_face_shards, shard_name
 from schemas.arrow import FACE_SHARD_SCHEMA
@@ -264,3 +264,28 @@ def test_the_same_video_cut_another_way_is_not_a_repeat(tmp_path: Path):
     w.process_batch([video("a", 2)])
     table = read_face_shards(str(tmp_path / "faces"), columns=["video_id", "crop_scale"])
     assert sorted(table.column("crop_scale").to_pylist()) == pytest.approx([1.3, 1.3, 1.5, 1.5])
+
+
+@pytest.mark.parametrize(
+    ("name", "error"),
+    [
+        (
+            b"track\xee\xeed",
+            "footer text is not UTF-8",
+        ),  # found by fuzzing: was a UnicodeDecodeError
+        (b"track_xd", "no column track_id"),  # would have read as a column of nulls
+    ],
+)
+def test_a_footer_with_a_damaged_column_name_is_a_damaged_shard(
+    tmp_path: Path, name: bytes, error: str
+):
+    out = writer(tmp_path).process_batch([video("a", 2)])
+    path = local(out[0].shard_uri)
+    data = path.read_bytes()
+    footer_start = len(data) - 8 - int.from_bytes(data[-8:-4], "little")
+    at = data.index(b"track_id", footer_start)  # same length: the footer still parses
+    path.write_bytes(data[:at] + name + data[at + 8 :])
+    with pytest.raises(DamagedShard, match=error):
+        ShardFaceReader().read_part(str(out[0].shard_uri), ["a"])
+    with pytest.raises(DamagedShard, match=error):
+        read_face_shards(str(tmp_path / "faces"))
