@@ -3,6 +3,7 @@ face-shard reading, and the JPEG crops inside shards.
 
     python tests/fuzz/fuzz_decode.py                       # 60 s, crashes -> tests/fuzz/crashes/
     python tests/fuzz/fuzz_decode.py -max_total_time=600   # any libFuzzer flag
+    python tests/fuzz/fuzz_decode.py -seed=1 -runs=10000    # the same inputs every time (CI)
     python tests/fuzz/fuzz_decode.py tests/fuzz/crashes/*   # replay saved inputs once
 
 The growing corpus lives in ``tests/fuzz/corpus/`` (``DFSCAN_FUZZ_CORPUS`` to move it).
@@ -122,7 +123,13 @@ def write_seeds(folder: Path) -> None:
         for i, (name, kw) in enumerate(clips.items()):
             # 64 px: libx265 corrupts its heap on smaller frames (an encoder bug, seen here)
             frames = noise_frames(6, (64, 64), i)
-            path = encode_clip(Path(tmp) / name, frames, **kw)  # type: ignore[arg-type]
+            # bitexact: no muxing date or random segment id, the same seeds on every run
+            path = encode_clip(
+                Path(tmp) / name,
+                frames,
+                container_options={"fflags": "+bitexact"},
+                **kw,  # type: ignore[arg-type]
+            )
             (folder / f"seed-{name}").write_bytes(bytes([DECODE]) + path.read_bytes())
         gif = write_gif(Path(tmp) / "a.gif", n=3, size=(24, 16))
         (folder / "seed-anim.gif").write_bytes(bytes([DECODE]) + gif.read_bytes())
@@ -158,6 +165,7 @@ class _Budget:
     their native teardown (seen on a loaded 2-core box); ``os._exit`` cannot."""
 
     deadline: float | None = None
+    max_runs: int | None = None
     started = time.monotonic()
     runs = 0
 
@@ -166,7 +174,8 @@ def fuzz_one(data: bytes) -> None:
     """What libFuzzer calls: one input, then stop cleanly when the budget is spent."""
     test_one_input(data)
     _Budget.runs += 1
-    if _Budget.deadline is not None and time.monotonic() > _Budget.deadline:
+    out_of_time = _Budget.deadline is not None and time.monotonic() > _Budget.deadline
+    if out_of_time or (_Budget.max_runs is not None and _Budget.runs >= _Budget.max_runs):
         elapsed = time.monotonic() - _Budget.started
         print(f"Done {_Budget.runs} runs in {elapsed:.0f} second(s)", file=sys.stderr, flush=True)
         os._exit(0)
@@ -199,6 +208,8 @@ def main(argv: list[str]) -> None:
     flags = dict(defaults)
     flags.update(a.split("=", 1) for a in argv[1:] if a.startswith("-") and "=" in a)
     _Budget.deadline = time.monotonic() + float(flags.pop("-max_total_time"))
+    if "-runs" in flags:  # kept here too, for the same reason as the time budget
+        _Budget.max_runs = int(flags.pop("-runs"))
     args += [f"{k}={v}" for k, v in flags.items()]
     args += [a for a in argv[1:] if a.startswith("-") and "=" not in a]
     # libFuzzer grows the first corpus folder: kept between runs (git-ignored), so each
