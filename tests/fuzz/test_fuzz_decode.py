@@ -32,7 +32,7 @@ def _run(args: list[str], timeout: float, corpus: Path | None = None) -> tuple[i
     """(exit code, or None if it had to be killed; stderr). A run that ends its work but
     not its process is killed and judged by what it reported and saved."""
     with tempfile.TemporaryFile("w+") as err:
-        env = dict(os.environ)
+        env = dict(os.environ, PYTHONHASHSEED="0")  # set iteration order is part of a run
         if corpus is not None:
             env["DFSCAN_FUZZ_CORPUS"] = str(corpus)
         proc = subprocess.Popen(
