@@ -144,8 +144,11 @@ class FaceExtractor(Operator[VideoRef, VideoFaces]):
         return sum(worker.started for worker in self._pool)
 
     def teardown(self) -> None:
+        if len(self._pool) > 1:  # each close waits for its worker's exit: wait once
+            with ThreadPoolExecutor(len(self._pool)) as closing:
+                list(closing.map(lambda worker: worker.close(), self._pool))
         for worker in self._pool:
-            worker.close()
+            worker.close()  # a no-op after the parallel close; the whole close for one
         self._pool = []
         self._idle = queue.SimpleQueue()
         self._detector = None
