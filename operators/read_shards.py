@@ -19,12 +19,13 @@ from __future__ import annotations
 import contextlib
 import posixpath
 from collections import Counter, defaultdict
-from collections.abc import Iterator, Mapping
+from collections.abc import Collection, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import fsspec
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from operators.base import Operator, Resources
@@ -270,7 +271,6 @@ def read_face_shards(
     the part the video's warehouse row names).
 
     With ``video_ids``, only the parts whose records list one of them are opened."""
-    import pyarrow.compute as pc
     import pyarrow.dataset as ds
 
     fs, root = fsspec.core.url_to_fs(faces_uri, **(storage_options or {}))
@@ -282,16 +282,23 @@ def read_face_shards(
     dataset = ds.dataset(
         list(full.values()), schema=FACE_SHARD_SCHEMA, format="parquet", filesystem=fs
     )
+    listed = Counter(v for p in parts for v in p.faces_per_video)
+    wanted_columns = list(columns) if columns is not None else list(FACE_SHARD_SCHEMA.names)
+    dedupe = once_per_cut and any(n > 1 for n in listed.values())
+    extra = [c for c in (*CUT_KEY, "__filename") if c not in wanted_columns] if dedupe else []
+    if video_ids is not None and "video_id" not in wanted_columns + extra:
+        extra.append("video_id")
+    # Unfiltered, then checked (check_footer says why): the parts were already chosen by
+    # their records, so a filter would skip little.
+    table = dataset.to_table(columns=wanted_columns + extra)
     for fragment in dataset.get_fragments():
         with refusing_bad_text(fragment.path):
-            check_footer(fragment.metadata, fragment.path)
-    flt = ds.field("video_id").isin(video_ids) if video_ids is not None else None
-    listed = Counter(v for p in parts for v in p.faces_per_video)
-    if not once_per_cut or all(n == 1 for n in listed.values()):
-        return dataset.to_table(columns=columns, filter=flt)
-    wanted_columns = list(columns) if columns is not None else list(FACE_SHARD_SCHEMA.names)
-    extra = [c for c in (*CUT_KEY, "__filename") if c not in wanted_columns]
-    table = dataset.to_table(columns=wanted_columns + extra, filter=flt)
+            check_footer(fragment.metadata, fragment.path, wanted_columns + extra)
+    if video_ids is not None:
+        ids = pa.array(video_ids, pa.string())
+        table = table.filter(pc.is_in(table["video_id"], value_set=ids))
+    if not dedupe:
+        return table.drop_columns([c for c in extra if c in table.column_names])
     # Rank the parts newest first; per (cut, video) keep the best-ranked part's rows.
     rank = {
         full[p.path]: i
@@ -314,24 +321,29 @@ class DamagedShard(ValueError):
     fuzzing; Parquet does not enforce a schema's non-null fields on read."""
 
 
-def check_footer(metadata: pq.FileMetaData, part: str) -> None:
-    """Every column chunk stored as the type the file's schema declares.
+def check_footer(metadata: pq.FileMetaData, part: str, columns: Collection[str]) -> None:
+    """Every column of the face schema present by name, and every chunk of ``columns``
+    stored as the type the file's schema declares.
 
-    Found by fuzzing: a footer whose chunk says BOOLEAN where the schema says
-    BYTE_ARRAY makes Arrow's C++ reader throw inside a noexcept path (statistics of a
-    filtered read), which aborts the whole process. Checking the footer first, in
-    Python, turns that into a DamagedShard. Also every column of the face schema
-    present by name: a dataset read with an explicit schema fills a column the file
-    does not have with nulls, so a renamed column would read as empty."""
+    Call it only after Arrow's C++ reader has read ``columns`` of the file without a
+    filter (see ``read_validated``): pyarrow's Python accessors to a column chunk's
+    metadata abort the process on some damaged footers (found by fuzzing: a size
+    statistic that only BYTE_ARRAY may have, on an INT32 chunk), where the C++ read
+    raises an ``OSError``; so only the chunks that read cleanly are looked at here.
+    A chunk stored as another type than declared (fuzzing: BOOLEAN for BYTE_ARRAY) made
+    a filtered read's statistics abort, hence no filtered reads, and is refused here.
+    A missing column matters because a read with an explicit schema fills a column the
+    file does not have with nulls, so a renamed column would read as empty."""
     schema = metadata.schema
     missing = set(FACE_SHARD_SCHEMA.names) - set(schema.to_arrow_schema().names)
     if missing:
         raise DamagedShard(f"{part}: damaged shard, no column {', '.join(sorted(missing))}")
+    read = [c for c in range(len(schema)) if schema.column(c).path.split(".")[0] in columns]
     for r in range(metadata.num_row_groups):
         group = metadata.row_group(r)
         if group.num_columns != len(schema):
             raise DamagedShard(f"{part}: damaged shard, row group {r} has the wrong columns")
-        for c in range(group.num_columns):
+        for c in read:
             chunk, declared = group.column(c), schema.column(c)
             if chunk.physical_type != declared.physical_type:
                 raise DamagedShard(
@@ -426,14 +438,14 @@ class ShardFaceReader(Operator[ShardVideo, VideoFaces]):
         """The faces of ``video_ids`` in one part, per video, in file order."""
         fs, path = fsspec.core.url_to_fs(part, **self.storage_options)
         with fs.open(path, "rb") as fh, refusing_bad_text(part):
-            check_footer(pq.ParquetFile(fh).metadata, part)
+            # Unfiltered, then checked (check_footer says why); a part holds one
+            # batch of videos, so the rows of the others are few.
+            table = pq.read_table(fh, columns=FACE_COLUMNS, schema=FACE_SHARD_SCHEMA)
             fh.seek(0)
-            table = pq.read_table(
-                fh,
-                columns=FACE_COLUMNS,
-                filters=[("video_id", "in", video_ids)],
-                schema=FACE_SHARD_SCHEMA,
-            )
+            check_footer(pq.ParquetFile(fh).metadata, part, FACE_COLUMNS)
+        table = table.filter(
+            pc.is_in(table["video_id"], value_set=pa.array(video_ids, pa.string()))
+        )
         _check_no_nulls(table, part)
         crops: dict[str, list[FaceCrop]] = defaultdict(list)
         for row in table.to_pylist():
