@@ -317,7 +317,8 @@ def read_face_shards(
 
 
 class DamagedShard(ValueError):
-    """A shard whose content breaks its schema (nulls where none may be): found by
+    """A shard whose footer or content breaks the face schema (a missing or mistyped
+    column, footer text that is not UTF-8, nulls where none may be): each found by
     fuzzing; Parquet does not enforce a schema's non-null fields on read."""
 
 
@@ -326,7 +327,7 @@ def check_footer(metadata: pq.FileMetaData, part: str, columns: Collection[str])
     stored as the type the file's schema declares.
 
     Call it only after Arrow's C++ reader has read ``columns`` of the file without a
-    filter (see ``read_validated``): pyarrow's Python accessors to a column chunk's
+    filter, as both readers here do: pyarrow's Python accessors to a column chunk's
     metadata abort the process on some damaged footers (found by fuzzing: a size
     statistic that only BYTE_ARRAY may have, on an INT32 chunk), where the C++ read
     raises an ``OSError``; so only the chunks that read cleanly are looked at here.
