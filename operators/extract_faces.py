@@ -144,11 +144,9 @@ class FaceExtractor(Operator[VideoRef, VideoFaces]):
         return sum(worker.started for worker in self._pool)
 
     def teardown(self) -> None:
-        if len(self._pool) > 1:  # each close waits for its worker's exit: wait once
-            with ThreadPoolExecutor(len(self._pool)) as closing:
-                list(closing.map(lambda worker: worker.close(), self._pool))
-        for worker in self._pool:
-            worker.close()  # a no-op after the parallel close; the whole close for one
+        # Each close waits for its worker to exit: close them side by side, wait once.
+        with ThreadPoolExecutor(max(1, len(self._pool))) as closing:
+            list(closing.map(lambda worker: worker.close(), self._pool))
         self._pool = []
         self._idle = queue.SimpleQueue()
         self._detector = None

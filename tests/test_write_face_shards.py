@@ -269,12 +269,11 @@ def test_the_same_video_cut_another_way_is_not_a_repeat(tmp_path: Path):
 @pytest.mark.parametrize(
     ("name", "error"),
     [
-        (
-            b"track\xee\xeed",
-            "footer text is not UTF-8",
-        ),  # found by fuzzing: was a UnicodeDecodeError
-        (b"track_xd", "no column track_id"),  # would have read as a column of nulls
+        (b"track\xee\xeed", "footer text is not UTF-8"),
+        (b"track_xd", "no column track_id"),
     ],
+    # found by fuzzing, was a UnicodeDecodeError; would have read as a column of nulls
+    ids=["not-utf8", "renamed"],
 )
 def test_a_footer_with_a_damaged_column_name_is_a_damaged_shard(
     tmp_path: Path, name: bytes, error: str
