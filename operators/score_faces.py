@@ -16,7 +16,7 @@ import cv2
 import numpy as np
 
 from operators.base import Operator, Resources
-from operators.models.backends import score_backend
+from operators.models.backends import backend_name, score_backend
 from operators.models.scorers import Scorer, build_scorer
 from pipelines.config import ConfigError, ScorerConfig
 from schemas.records import ScoredVideo, VideoFaces
@@ -52,7 +52,7 @@ class FaceScorer(Operator[VideoFaces, ScoredVideo]):
     ) -> None:
         if cfg.batch_size < 1:
             raise ConfigError(f"scorer batch size must be >= 1, got {cfg.batch_size}")
-        score_backend(cfg.backend)  # a typo fails on the driver, not on a remote worker
+        backend_name(cfg.backend)  # a typo fails on the driver, not on a remote worker
         self.cfg = cfg
         # The checkpoint may live in the same bucket as the data (s3://models/...).
         self.storage_options = dict(storage_options or {})

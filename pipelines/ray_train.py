@@ -51,14 +51,14 @@ def train_distributed(cfg: TrainConfig) -> dict[str, float]:
     from ray.train import FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
-    from operators.models.scorers import resolve_device
+    from operators.models.backends import device_type
     from pipelines.ray_runner import _import_ray, _machine_cpus, connect
     from pipelines.train import record_run, split_uri
 
     ray = _import_ray()
     started_ray = connect(ray, None)
     started_at = time.time()
-    use_gpu = resolve_device(cfg.device).type == "cuda"
+    use_gpu = device_type(cfg.device) == "cuda"
     # One worker per core by default; each worker's torch gets its share of the cores.
     cpus = max(1, _machine_cpus() // cfg.workers)
     worker_cfg = dataclasses.replace(cfg, workers=0, num_threads=cfg.num_threads or cpus)

@@ -33,8 +33,8 @@ def add_scoring_arguments(p: argparse.ArgumentParser) -> None:
 
 def scorer_settings(args: argparse.Namespace) -> tuple[int, str]:
     """(batch size, backend name) from the flags; bad values fail here in one line."""
-    from operators.models.backends import score_backend
+    from operators.models.backends import backend_name
     from operators.models.scorers import default_batch_size
 
-    score_backend(args.score_backend)
+    backend_name(args.score_backend)
     return args.batch_size or default_batch_size(args.device), args.score_backend

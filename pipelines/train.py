@@ -502,7 +502,8 @@ def fit(
     import numpy as np
     import torch
 
-    from operators.models.scorers import arch_spec, available_cpus, build_network, resolve_device
+    from operators.models.scorers import arch_spec, available_cpus, build_network
+    from operators.models.torch_backends import resolve_device
     from pipelines.augment import augment_batch
 
     dist = dist or Distributed()

@@ -8,6 +8,9 @@ head with per-batch activation ranges moved scores by up to 0.015 here).
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -23,10 +26,9 @@ from operators.models.backends import (
     CANDIDATE_BACKENDS,
     SCORE_BACKENDS,
     BackendContext,
-    FaceLogitNet,
     OnnxDynamicInt8Backend,
     OnnxRuntimeBackend,
-    TorchEagerBackend,
+    load_backend,
     score_backend,
 )
 from operators.models.checkpoints import load_checkpoint
@@ -37,6 +39,7 @@ from operators.models.scorers import (
     build_scorer,
     default_batch_size,
 )
+from operators.models.torch_backends import FaceLogitNet, TorchEagerBackend
 from operators.score_faces import FaceScorer, decode_crops
 from pipelines.cli import build_parser, build_scan_config, main
 from pipelines.config import ConfigError, ScanConfig, ScorerConfig, shared_dir
@@ -63,6 +66,9 @@ def eager(tiny_checkpoint: Path, crops: np.ndarray) -> np.ndarray:
 
 def test_every_registered_backend_has_a_stated_tolerance() -> None:
     assert set(SCORE_BACKENDS) == set(TOLERANCE)
+    # Each name resolves to the class of that name (classes are imported on first use).
+    for name, where in {**SCORE_BACKENDS, **CANDIDATE_BACKENDS}.items():
+        assert load_backend(where).name == name
 
 
 @pytest.mark.parametrize("name", sorted(TOLERANCE))
@@ -90,6 +96,62 @@ def test_auto_is_onnx_on_cpu_and_eager_torch_with_fp16_on_cuda(
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     assert score_backend("auto", "auto") is score_backend("auto", "cuda") is TorchEagerBackend
     assert score_backend("auto", "cpu") is OnnxRuntimeBackend
+
+
+def _python(code: str, env: dict[str, str] | None = None) -> str:
+    proc = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, **(env or {})},
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return proc.stdout.strip()
+
+
+def test_auto_device_asks_torch_only_where_a_gpu_driver_is() -> None:
+    """Without a GPU device node CUDA cannot be available, and saying so imports no torch
+    (1.5 s of start-up and 0.65 s of exit per process); with one, torch is asked."""
+    ask = (
+        "import sys; from operators.models import backends; "
+        "backends.GPU_DEVICE_NODES = ({nodes!r},); "
+        "print(backends.device_type('auto'), backends.backend_name('auto', 'auto'), "
+        "'torch' in sys.modules)"
+    )
+    assert _python(ask.format(nodes="/nonexistent/nvidiactl")) == "cpu onnx False"
+    present = _python(ask.format(nodes="/dev/null")).split()  # a node that exists
+    assert present[2] == "True"  # torch answered (on this machine: no CUDA)
+    assert present[:2] == (["cuda", "torch"] if torch.cuda.is_available() else ["cpu", "onnx"])
+
+
+@pytest.mark.slow
+def test_a_cpu_scan_with_a_cached_graph_never_imports_torch(
+    tiny_checkpoint: Path, tmp_path: Path
+) -> None:
+    """The first scan exports the graph and caches the checkpoint's meta; the next one runs
+    ONNX Runtime from the cache and never loads torch."""
+    video = tmp_path / "videos"
+    video.mkdir()
+    (video / "hamilton_clip.mp4").symlink_to(REAL_VIDEOS / "hamilton_clip.mp4")
+    scan = (
+        "import sys; from pipelines.cli import main; "
+        "rc = main(['scan', {video!r}, '--out', {out!r}, '--model', {model!r}, "
+        "'--frames', 'uniform:4', '--device', 'cpu', '--decode-workers', '1', '--no-progress']); "
+        "print(rc, 'torch' in sys.modules)"
+    )
+    env = {"DFSCAN_CACHE_DIR": str(tmp_path / "cache")}
+    outs = [tmp_path / "first", tmp_path / "second"]
+    runs = [
+        _python(scan.format(video=str(video), out=str(o), model=str(tiny_checkpoint)), env)
+        for o in outs
+    ]
+    assert [r.splitlines()[-1] for r in runs] == ["0 True", "0 False"]
+    rows = [_rows(o)["hamilton_clip.mp4"] for o in outs]
+    assert rows[0]["status"] == rows[1]["status"] == "scored"
+    assert rows[0]["faces"] == rows[1]["faces"] > 0
+    assert rows[0]["fake_probability"] == pytest.approx(rows[1]["fake_probability"], abs=1e-6)
 
 
 def test_backend_does_not_change_the_model_version(tiny_checkpoint: Path, tmp_path: Path) -> None:
@@ -159,7 +221,7 @@ def test_ort_dynamic_int8_quantises_the_convolutions_but_is_only_a_candidate(
 ) -> None:
     """ONNX Runtime's quantize_dynamic does reach the convs (unlike torch's), so the
     benchmark measures it; it is not offered because it moved scores by up to 0.4."""
-    assert CANDIDATE_BACKENDS["onnx-int8"] is OnnxDynamicInt8Backend
+    assert load_backend(CANDIDATE_BACKENDS["onnx-int8"]) is OnnxDynamicInt8Backend
     assert "onnx-int8" not in SCORE_BACKENDS
     with pytest.raises(ConfigError, match="unknown --score-backend 'onnx-int8'"):
         build_scorer(str(tiny_checkpoint), backend="onnx-int8")

@@ -11,10 +11,12 @@ import numpy as np
 import pytest
 import torch
 
+from operators.models import checkpoints
 from operators.models.checkpoints import (
     CheckpointMeta,
     load_checkpoint,
     model_version,
+    read_checkpoint,
     save_checkpoint,
 )
 from operators.models.scorers import (
@@ -124,6 +126,42 @@ def test_checkpoint_round_trip_preserves_meta_and_sha256(tmp_path: Path) -> None
     assert set(loaded.state_dict) == set(net.state_dict())
     torch.testing.assert_close(loaded.state_dict["conv1.weight"], net.state_dict()["conv1.weight"])
     assert read_meta(str(path)) == (meta, sha)
+
+
+def test_meta_of_bytes_read_before_comes_from_the_cache_without_parsing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The meta is cached under the file's sha256, so a scan that runs a cached ONNX graph
+    needs no torch; other bytes miss the cache, a damaged entry is replaced."""
+    cache = str(tmp_path / "cache")
+    meta = _meta("mobilenet_v2", threshold=0.61, extra={"head_hidden": "0"})
+    path = tmp_path / "m.pt"
+    sha = _save(build_network("mobilenet_v2"), meta, path)
+    assert read_checkpoint(str(path), cache_dir=cache).meta == meta  # parsed, then cached
+    entry = tmp_path / "cache" / "checkpoints" / f"{sha}.json"
+    assert entry.is_file()
+
+    parse = checkpoints._parse
+    parses: list[str] = []
+
+    def counting_parse(data: bytes, uri: str, digest: str) -> checkpoints.LoadedCheckpoint:
+        parses.append(uri)
+        return parse(data, uri, digest)
+
+    monkeypatch.setattr(checkpoints, "_parse", counting_parse)
+    again = read_checkpoint(str(path), cache_dir=cache)
+    assert (again.meta, again.sha256) == (meta, sha) and parses == []
+    # Other bytes (a recalibrated threshold) are another key: parsed, not served stale.
+    other = tmp_path / "other.pt"
+    _save(build_network("mobilenet_v2"), _meta("mobilenet_v2", threshold=0.3), other)
+    assert read_checkpoint(str(other), cache_dir=cache).meta.threshold == 0.3
+    assert parses == [str(other)]
+    # A damaged entry is logged, parsed around and rewritten.
+    entry.write_text('["not", "a meta"]')
+    with caplog.at_level("WARNING", logger=checkpoints.__name__):
+        assert read_checkpoint(str(path), cache_dir=cache).meta == meta
+    assert "unreadable cached checkpoint meta" in caplog.text and parses[-1] == str(path)
+    assert read_checkpoint(str(path), cache_dir=cache).meta == meta and len(parses) == 2
 
 
 def test_save_leaves_no_temporary_file_beside_the_checkpoint(tmp_path: Path) -> None:

@@ -19,70 +19,41 @@ no backend can preprocess differently from another. Backends are registered by n
 
 ``onnx-int8`` (ONNX Runtime's ``quantize_dynamic``, which does reach the convolutions) is
 kept as a measured candidate only, in ``CANDIDATE_BACKENDS``: it is not offered.
+
+This module does not import torch: the torch backends and ``FaceLogitNet`` live in
+``operators/models/torch_backends.py``, imported when one of them is chosen or a graph is
+exported, so a CPU worker running a cached ONNX graph never loads torch.
 """
 
 from __future__ import annotations
 
 import abc
 import contextlib
+import importlib
 import logging
 import os
-import tempfile
-import uuid
+import sys
 import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
-import torch
-from torch import nn
 
+from operators.models.checkpoints import CACHE_ENV as CACHE_ENV
+from operators.models.checkpoints import cache_dir, write_atomically
 from pipelines.config import ConfigError
 
 if TYPE_CHECKING:
     import onnxruntime as ort
 
+    from operators.models.torch_backends import FaceLogitNet
+
 # 17 is supported by every ONNX Runtime since 1.15 and has every op these nets use.
 ONNX_OPSET = 17
 # Bump when FaceLogitNet or the export settings change: cached graphs are then re-made.
 EXPORT_REVISION = 1
-CACHE_ENV = "DFSCAN_CACHE_DIR"
-
-
-class FaceLogitNet(nn.Module):
-    """uint8 RGB NHWC faces -> one logit per face, normalisation included.
-
-    ``(x/255 - mean)/std`` is folded into one multiply-add that runs on the device (a
-    uint8 batch is 4x smaller to copy than a float one) and is exported with the network.
-    """
-
-    scale: torch.Tensor
-    shift: torch.Tensor
-
-    def __init__(
-        self,
-        net: nn.Module,
-        mean: tuple[float, float, float],
-        std: tuple[float, float, float],
-    ) -> None:
-        super().__init__()
-        self.net = net
-        std_t = torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1)
-        mean_t = torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1)
-        self.register_buffer("scale", 1.0 / (255.0 * std_t))
-        self.register_buffer("shift", -mean_t / std_t)
-        self.channels_last = False  # keep the NHWC input's layout instead of copying to NCHW
-
-    def forward(self, faces: torch.Tensor) -> torch.Tensor:
-        # Permuting NHWC memory gives an NCHW tensor with channels_last strides for free.
-        x = faces.permute(0, 3, 1, 2).float()
-        if not self.channels_last:
-            x = x.contiguous()  # plain NCHW (a no-op in an exported graph)
-        x = x * self.scale + self.shift
-        out: torch.Tensor = self.net(x)
-        return out.reshape(-1)
 
 
 @dataclass(frozen=True)
@@ -98,7 +69,7 @@ class BackendContext:
 
 
 # Builds the checkpoint's network on demand (see ScoreBackend.__init__).
-NetworkFactory = Callable[[], FaceLogitNet]
+NetworkFactory = Callable[[], "FaceLogitNet"]
 
 
 class ScoreBackend(abc.ABC):
@@ -110,8 +81,7 @@ class ScoreBackend(abc.ABC):
     @abc.abstractmethod
     def __init__(self, network: NetworkFactory, ctx: BackendContext) -> None:
         """``network()`` builds the torch network: called only by backends that need it
-        (ONNX Runtime does not once its graph is cached, and then torchvision, 1.6 s of
-        imports, is never loaded)."""
+        (ONNX Runtime does not once its graph is cached, and then torch is never loaded)."""
 
     @abc.abstractmethod
     def logits(self, faces: np.ndarray) -> np.ndarray:
@@ -123,15 +93,15 @@ class ScoreBackend(abc.ABC):
         """Where it runs, for logs and benchmark tables (``onnx[CPUExecutionProvider]``)."""
 
 
-SCORE_BACKENDS: dict[str, type[ScoreBackend]] = {}
-
-B = TypeVar("B", bound=type[ScoreBackend])
-
-
-def register_backend(cls: B) -> B:
-    SCORE_BACKENDS[cls.name] = cls
-    return cls
-
+# name -> "module:class". A backend's module is imported only when that backend is used,
+# so naming or checking one (on a driver, in --help) loads no torch.
+_TORCH = "operators.models.torch_backends"
+SCORE_BACKENDS: dict[str, str] = {
+    "torch": f"{_TORCH}:TorchEagerBackend",
+    "torch-cl": f"{_TORCH}:TorchChannelsLastBackend",
+    "onnx": f"{__name__}:OnnxRuntimeBackend",
+    "int8": f"{_TORCH}:TorchDynamicInt8Backend",
+}
 
 AUTO = "auto"
 # What ``auto`` runs, per device type. CPU: the fastest backend whose video-level AUC stays
@@ -140,29 +110,62 @@ AUTO = "auto"
 AUTO_BACKENDS: dict[str, str] = {"cpu": "onnx", "cuda": "torch"}
 
 
-def score_backend(name: str, device: str = "cpu") -> type[ScoreBackend]:
-    """The backend class for ``name``; ``auto`` is the measured choice for ``device``."""
+def backend_name(name: str, device: str = "cpu") -> str:
+    """The registered name ``name`` stands for (``auto``: the measured choice for
+    ``device``); an unknown name is a one-line ConfigError."""
     if name == AUTO:
-        name = AUTO_BACKENDS[resolve_device(device).type]
-    try:
-        return SCORE_BACKENDS[name]
-    except KeyError:
+        name = AUTO_BACKENDS[device_type(device)]
+    if name not in SCORE_BACKENDS:
         raise ConfigError(
             f"unknown --score-backend {name!r}: choose {AUTO} or one of {', '.join(SCORE_BACKENDS)}"
-        ) from None
+        )
+    return name
+
+
+def score_backend(name: str, device: str = "cpu") -> type[ScoreBackend]:
+    """The backend class for ``name``; ``auto`` is the measured choice for ``device``."""
+    return load_backend(SCORE_BACKENDS[backend_name(name, device)])
+
+
+def load_backend(where: str) -> type[ScoreBackend]:
+    module, _, attr = where.partition(":")
+    cls: type[ScoreBackend] = getattr(importlib.import_module(module), attr)
+    return cls
 
 
 # ---------------------------------------------------------------- devices and threads
-def resolve_device(requested: str) -> torch.device:
-    """``auto`` picks CUDA when present; asking for CUDA on a machine without it is an error."""
+# Device nodes a GPU driver creates: NVIDIA's, WSL2's GPU paravirtualisation, AMD's ROCm
+# (whose PyTorch also answers to torch.cuda). On Linux without any of them CUDA cannot be
+# available, and saying so needs no torch import (1.5 s, and 0.65 s more at exit).
+GPU_DEVICE_NODES = ("/dev/nvidiactl", "/dev/dxg", "/dev/kfd")
+
+
+def cuda_available() -> bool:
+    """``torch.cuda.is_available()``, asked only where a GPU driver is present (or torch
+    is loaded already, when asking costs nothing)."""
+    if (
+        "torch" not in sys.modules
+        and sys.platform.startswith("linux")
+        and not any(os.path.exists(node) for node in GPU_DEVICE_NODES)
+    ):
+        return False
+    import torch
+
+    return bool(torch.cuda.is_available())
+
+
+def device_type(requested: str) -> str:
+    """``cpu`` or ``cuda`` for ``--device``: ``auto`` picks CUDA when present; asking for
+    CUDA on a machine without it, or for an unknown device, is a one-line ConfigError."""
+    kind, _, index = requested.partition(":")
     if requested == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        return "cuda" if cuda_available() else "cpu"
     if requested == "cpu":
-        return torch.device("cpu")
-    if requested.startswith("cuda"):
-        if not torch.cuda.is_available():
+        return "cpu"
+    if kind == "cuda" and (requested == "cuda" or index.isdigit()):
+        if not cuda_available():
             raise ConfigError(f"device {requested!r} requested but CUDA is not available here")
-        return torch.device(requested)
+        return "cuda"
     raise ConfigError(f"unknown device {requested!r}: use auto, cpu or cuda")
 
 
@@ -174,74 +177,16 @@ def available_cpus() -> int:
         return max(1, os.cpu_count() or 1)
 
 
-def cpu_only_device(requested: str, backend: str) -> torch.device:
-    """The CPU for backends without GPU kernels; ``auto`` falls back to it, ``cuda`` is refused."""
+def check_cpu_only(requested: str, backend: str) -> None:
+    """Backends without GPU kernels: ``auto`` falls back to the CPU, ``cuda`` is refused."""
     if requested.startswith("cuda"):
         raise ConfigError(
             f"--score-backend {backend} runs on CPU only: use --device cpu or another backend"
         )
-    resolve_device(requested)  # an unknown device name is still an error
-    return torch.device("cpu")
+    device_type(requested)  # an unknown device name is still an error
 
 
-# ---------------------------------------------------------------- PyTorch
-@register_backend
-class TorchEagerBackend(ScoreBackend):
-    """Eager PyTorch in NCHW: the reference every other backend is measured against."""
-
-    name = "torch"
-    memory_format: ClassVar[torch.memory_format] = torch.contiguous_format
-
-    def __init__(self, network: NetworkFactory, ctx: BackendContext) -> None:
-        model = network()
-        device = self._pick_device(ctx)
-        if device.type == "cpu":
-            torch.set_num_threads(ctx.num_threads or available_cpus())
-        else:
-            # One input size for the whole run: let cuDNN pick its fastest kernels once.
-            torch.backends.cudnn.benchmark = True
-        model.channels_last = self.memory_format == torch.channels_last
-        self._model = self._prepare(model.to(device).to(memory_format=self.memory_format).eval())
-        self._device = device
-
-    def _pick_device(self, ctx: BackendContext) -> torch.device:
-        return resolve_device(ctx.device)
-
-    def _prepare(self, model: nn.Module) -> nn.Module:
-        return model
-
-    @property
-    def module(self) -> nn.Module:
-        """The ``FaceLogitNet`` it runs (``.net`` is the classifier), on its device."""
-        return self._model
-
-    @property
-    def description(self) -> str:
-        return f"{self.name}[{self._device}]"
-
-    def logits(self, faces: np.ndarray) -> np.ndarray:
-        x = torch.from_numpy(faces)
-        with torch.inference_mode():
-            if self._device.type == "cuda":
-                # Pinned (page-locked) host memory lets the copy run as async DMA; fp16
-                # autocast runs convs on tensor cores (fp16 over bf16: 3 more mantissa bits,
-                # and T4-class GPUs have no bf16). Logits are tiny, so fp16 range is ample.
-                x = x.pin_memory().to(self._device, non_blocking=True)
-                with torch.autocast("cuda", dtype=torch.float16):
-                    out = self._model(x)
-            else:
-                out = self._model(x)
-            return out.float().cpu().numpy().astype(np.float32, copy=False)
-
-
-@register_backend
-class TorchChannelsLastBackend(TorchEagerBackend):
-    """Weights and input in channels_last: oneDNN's native layout, no reorder per conv."""
-
-    name = "torch-cl"
-    memory_format = torch.channels_last
-
-
+# ---------------------------------------------------------------- warnings
 @contextlib.contextmanager
 def _quiet_root_logger() -> Iterator[None]:
     """ONNX Runtime's quantiser logs advice to the root logger ("consider pre-processing",
@@ -257,7 +202,7 @@ def _quiet_root_logger() -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def _quiet_deprecations() -> Iterator[None]:
+def quiet_deprecations() -> Iterator[None]:
     """torch marks ``torch.ao.quantization`` and the TorchScript ONNX exporter deprecated
     (both still work in this torch); the warnings would repeat on every worker."""
     with warnings.catch_warnings():
@@ -266,61 +211,7 @@ def _quiet_deprecations() -> Iterator[None]:
         yield
 
 
-@register_backend
-class TorchDynamicInt8Backend(TorchEagerBackend):
-    """``quantize_dynamic`` on ``nn.Linear``: int8 weights, activations quantised per batch.
-
-    Convolutions are not dynamically quantisable in PyTorch, so in these conv nets only
-    the classifier head changes (MobileNetV2: one 1280->1 Linear); kept so the route can
-    be measured, not because it can be fast here.
-    """
-
-    name = "int8"
-    uses_gpu = False
-
-    def _pick_device(self, ctx: BackendContext) -> torch.device:
-        return cpu_only_device(ctx.device, self.name)
-
-    def _prepare(self, model: nn.Module) -> nn.Module:
-        from torch.ao.quantization import quantize_dynamic
-
-        with _quiet_deprecations():
-            quantized: nn.Module = quantize_dynamic(model, {nn.Linear}, dtype=torch.qint8)
-        return quantized
-
-
 # ---------------------------------------------------------------- ONNX Runtime
-def cache_dir(configured: str | None = None) -> Path:
-    """Where exported graphs are kept: the argument, $DFSCAN_CACHE_DIR, else the user's
-    cache folder; a temporary folder when that cannot be written (read-only home)."""
-    base = configured or os.environ.get(CACHE_ENV)
-    if base:
-        path = Path(base)
-    else:
-        xdg = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-        path = Path(xdg) / "dfscan"
-    path = path / "onnx"
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-        return path
-    except OSError:
-        if base:
-            raise ConfigError(f"cache folder {path} cannot be created") from None
-    fallback = Path(tempfile.gettempdir()) / f"dfscan-{os.getuid()}" / "onnx"
-    fallback.mkdir(parents=True, exist_ok=True)
-    return fallback
-
-
-def _write_atomically(path: Path, write: Any) -> None:
-    """``write(tmp)`` then rename: workers racing to fill the cache never read half a file."""
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
 def export_onnx(network: NetworkFactory, ctx: BackendContext) -> Path:
     """The checkpoint's graph (uint8 NHWC in, logits out, any batch size), exported once.
 
@@ -333,11 +224,13 @@ def export_onnx(network: NetworkFactory, ctx: BackendContext) -> Path:
     path = cache_dir(ctx.cache_dir) / f"{name}.onnx"
     if path.exists():
         return path
+    import torch
+
     model = network().to("cpu").to(memory_format=torch.contiguous_format).eval()
     example = torch.zeros((2, ctx.input_size, ctx.input_size, 3), dtype=torch.uint8)
 
     def write(tmp: Path) -> None:
-        with _quiet_deprecations(), torch.no_grad():
+        with quiet_deprecations(), torch.no_grad():
             torch.onnx.export(
                 model,
                 (example,),
@@ -350,7 +243,7 @@ def export_onnx(network: NetworkFactory, ctx: BackendContext) -> Path:
                 do_constant_folding=True,
             )
 
-    _write_atomically(path, write)
+    write_atomically(path, write)
     return path
 
 
@@ -366,7 +259,6 @@ def _session(path: Path, providers: list[Any], num_threads: int) -> ort.Inferenc
     return ort.InferenceSession(str(path), sess_options=options, providers=providers)
 
 
-@register_backend
 class OnnxRuntimeBackend(ScoreBackend):
     """The exported graph in ONNX Runtime: CUDA provider first when it has one, else CPU."""
 
@@ -419,7 +311,7 @@ class OnnxDynamicInt8Backend(OnnxRuntimeBackend):
 
     @classmethod
     def providers(cls, ctx: BackendContext) -> list[Any]:
-        cpu_only_device(ctx.device, cls.name)  # ConvInteger has CPU kernels only
+        check_cpu_only(ctx.device, cls.name)  # ConvInteger has CPU kernels only
         return ["CPUExecutionProvider"]
 
     def _model_path(self, fp32: Path, ctx: BackendContext) -> Path:
@@ -428,7 +320,7 @@ class OnnxDynamicInt8Backend(OnnxRuntimeBackend):
         path = fp32.with_name(fp32.stem + "-dynint8.onnx")
         if not path.exists():
             with _quiet_root_logger():
-                _write_atomically(
+                write_atomically(
                     path,
                     lambda tmp: quantize_dynamic(
                         fp32, tmp, per_channel=True, weight_type=QuantType.QUInt8
@@ -442,6 +334,6 @@ class OnnxDynamicInt8Backend(OnnxRuntimeBackend):
 # by up to 0.79 and ran at a quarter of float32 ONNX's speed (activation ranges measured
 # per batch around every depthwise conv). The int8 route that could pay here is static
 # (calibrated) quantisation, which needs calibration data of its own.
-CANDIDATE_BACKENDS: dict[str, type[ScoreBackend]] = {
-    OnnxDynamicInt8Backend.name: OnnxDynamicInt8Backend,
+CANDIDATE_BACKENDS: dict[str, str] = {
+    OnnxDynamicInt8Backend.name: f"{__name__}:OnnxDynamicInt8Backend",
 }

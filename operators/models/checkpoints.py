@@ -5,6 +5,12 @@ provenance (training data and terms, metrics, code version), so a scan never has
 how a model expects its faces and every score row can name the exact bytes that made it
 (``model_version`` = arch + sha256 prefix). Files are read with ``weights_only=True``: a
 checkpoint from an object store is data, never code.
+
+Reading the metadata does not need torch once this machine has read the same bytes: the
+meta of every checkpoint loaded is kept in the cache folder under the file's sha256
+(``CheckpointFile.meta``). A scan whose classifier runs in ONNX Runtime from a cached
+graph therefore never imports torch, which is 1.5 s of start-up and 0.65 s of interpreter
+exit per process on the benchmark machine (``benchmarks/bench_throughput.py``'s fixed cost).
 """
 
 from __future__ import annotations
@@ -12,17 +18,27 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import io
+import json
+import logging
+import os
 import pickle
 import struct
+import tempfile
 import uuid
 import zipfile
 from dataclasses import dataclass, field
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import fsspec
-import torch
 
 from pipelines.config import ConfigError
+
+if TYPE_CHECKING:
+    import torch
+
+log = logging.getLogger(__name__)
+CACHE_ENV = "DFSCAN_CACHE_DIR"
 
 FORMAT = "dfscan-checkpoint"
 FORMAT_VERSION = 1
@@ -99,6 +115,8 @@ def save_checkpoint(
         "meta": meta.to_dict(),
         "state_dict": {k: v.detach().cpu().contiguous() for k, v in state_dict.items()},
     }
+    import torch
+
     buf = io.BytesIO()
     torch.save(payload, buf)
     data = buf.getvalue()
@@ -147,6 +165,8 @@ ZIP_MAGIC = b"PK\x03\x04"  # torch.save has written zip archives since torch 1.6
 
 def load_weights_only(data: bytes, what: str) -> object:
     """``torch.load(weights_only=True)`` on CPU; unreadable input is a one-line ConfigError."""
+    import torch
+
     try:
         return torch.load(io.BytesIO(data), weights_only=True, map_location="cpu")
     except UNREADABLE as e:
@@ -155,12 +175,100 @@ def load_weights_only(data: bytes, what: str) -> object:
         raise ConfigError(f"{what} ({first})") from None
 
 
-def load_checkpoint(uri: str, storage_options: dict[str, Any] | None = None) -> LoadedCheckpoint:
-    """Read a checkpoint on CPU with ``weights_only=True``; fail with one line if it is not ours."""
+def cache_dir(configured: str | None = None, kind: str = "onnx") -> Path:
+    """``kind``'s folder in the cache: under the argument, $DFSCAN_CACHE_DIR, else the
+    user's cache folder; a temporary folder when that cannot be written (read-only home)."""
+    base = configured or os.environ.get(CACHE_ENV)
+    if base:
+        path = Path(base)
+    else:
+        xdg = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+        path = Path(xdg) / "dfscan"
+    path = path / kind
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+    except OSError:
+        if base:
+            raise ConfigError(f"cache folder {path} cannot be created") from None
+    fallback = Path(tempfile.gettempdir()) / f"dfscan-{os.getuid()}" / kind
+    fallback.mkdir(parents=True, exist_ok=True)
+    return fallback
+
+
+def write_atomically(path: Path, write: Any) -> None:
+    """``write(tmp)`` then rename: workers racing to fill the cache never read half a file."""
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+@dataclass
+class CheckpointFile:
+    """A checkpoint's bytes, read once: the meta without torch when these exact bytes have
+    been loaded on this machine before, the weights (torch) only when asked for."""
+
+    uri: str
+    data: bytes = field(repr=False)
+    sha256: str
+    cache_dir: str | None = None  # None: the default cache folder (see ``cache_dir``)
+    _loaded: LoadedCheckpoint | None = field(default=None, repr=False)
+
+    def load(self) -> LoadedCheckpoint:
+        """Weights and meta, validated (torch, ``weights_only``); the meta is then cached."""
+        if self._loaded is None:
+            self._loaded = _parse(self.data, self.uri, self.sha256)
+            self._remember(self._loaded.meta)
+        return self._loaded
+
+    @property
+    def meta(self) -> CheckpointMeta:
+        if self._loaded is not None:
+            return self._loaded.meta
+        path = self._meta_path()
+        try:
+            return CheckpointMeta.from_dict(json.loads(path.read_text()))
+        except FileNotFoundError:
+            pass
+        except (OSError, ValueError, TypeError, AttributeError, ConfigError) as e:
+            log.warning("replacing unreadable cached checkpoint meta %s: %s", path, e)
+            path.unlink(missing_ok=True)  # load() writes it afresh
+        return self.load().meta
+
+    def _meta_path(self) -> Path:
+        return cache_dir(self.cache_dir, "checkpoints") / f"{self.sha256}.json"
+
+    def _remember(self, meta: CheckpointMeta) -> None:
+        """Keep the meta for the next read of these bytes; a cache that cannot be written
+        only costs that read its torch import."""
+        try:
+            path = self._meta_path()
+            if not path.exists():
+                text = json.dumps(meta.to_dict(), sort_keys=True)
+                write_atomically(path, lambda tmp: tmp.write_text(text))
+        except (OSError, ConfigError) as e:
+            log.warning("checkpoint meta not cached: %s", e)
+
+
+def read_checkpoint(
+    uri: str, storage_options: dict[str, Any] | None = None, cache_dir: str | None = None
+) -> CheckpointFile:
+    """The checkpoint's bytes and sha256; nothing is parsed yet."""
     data = _read_bytes(uri, storage_options)
-    digest = hashlib.sha256(data).hexdigest()
     if not data.startswith(ZIP_MAGIC):
         raise ConfigError(f"not a dfscan checkpoint (not a torch zip archive): {uri}")
+    return CheckpointFile(uri, data, hashlib.sha256(data).hexdigest(), cache_dir)
+
+
+def load_checkpoint(uri: str, storage_options: dict[str, Any] | None = None) -> LoadedCheckpoint:
+    """Read a checkpoint on CPU with ``weights_only=True``; fail with one line if it is not ours."""
+    return read_checkpoint(uri, storage_options).load()
+
+
+def _parse(data: bytes, uri: str, digest: str) -> LoadedCheckpoint:
     obj = load_weights_only(data, f"not a dfscan checkpoint: {uri}")
     if not isinstance(obj, dict) or obj.get("format") != FORMAT:
         raise ConfigError(f"not a dfscan checkpoint (no format={FORMAT!r} marker): {uri}")

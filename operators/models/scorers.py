@@ -16,31 +16,35 @@ from __future__ import annotations
 import abc
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, ClassVar, TypeVar
+from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
 import fsspec
 import numpy as np
-import torch
-from torch import nn
 
 from operators.models.backends import (
     BackendContext,
-    FaceLogitNet,
     ScoreBackend,
-    resolve_device,
+    backend_name,
+    device_type,
     score_backend,
 )
 from operators.models.backends import (  # re-exported: training picks its threads here
     available_cpus as available_cpus,
 )
 from operators.models.checkpoints import (
+    CheckpointFile,
     CheckpointMeta,
     LoadedCheckpoint,
-    load_checkpoint,
     load_weights_only,
     model_version,
+    read_checkpoint,
 )
 from pipelines.config import DEFAULT_SCORE_BACKEND, ConfigError
+
+if TYPE_CHECKING:
+    from torch import nn
+
+    from operators.models.torch_backends import FaceLogitNet
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -100,6 +104,8 @@ def arch_spec(arch: str) -> ArchSpec:
 
 def _head(features: int, hidden: int, dropout: float) -> nn.Sequential:
     """Single-logit head; dropout acts on the pooled conv output, before any linear layer."""
+    from torch import nn
+
     layers: list[nn.Module] = [nn.Dropout(dropout)]
     if hidden > 0:
         layers += [nn.Linear(features, hidden), nn.ReLU(inplace=True), nn.BatchNorm1d(hidden)]
@@ -167,7 +173,7 @@ CUDA_BATCH_SIZE = 256
 
 def default_batch_size(device: str) -> int:
     """The batch size for ``device`` as the driver sees it (``auto``: CUDA if present)."""
-    return CUDA_BATCH_SIZE if resolve_device(device).type == "cuda" else CPU_BATCH_SIZE
+    return CUDA_BATCH_SIZE if device_type(device) == "cuda" else CPU_BATCH_SIZE
 
 
 class Scorer(abc.ABC):
@@ -187,7 +193,7 @@ class Scorer(abc.ABC):
     ) -> None:
         if num_threads < 0:
             raise ConfigError(f"num_threads must be >= 0, got {num_threads}")
-        score_backend(backend)  # an unknown name fails here, on the driver
+        backend_name(backend)  # an unknown name fails here, on the driver
         self.checkpoint_uri = checkpoint_uri
         self.device = device
         self.num_threads = num_threads
@@ -198,7 +204,7 @@ class Scorer(abc.ABC):
         self._sha256: str | None = None
 
     @abc.abstractmethod
-    def load(self, checkpoint: LoadedCheckpoint | None = None) -> None:
+    def load(self, checkpoint: LoadedCheckpoint | CheckpointFile | None = None) -> None:
         """Read the checkpoint (unless given one already read) and make the model ready."""
 
     @abc.abstractmethod
@@ -258,10 +264,12 @@ class TorchScorer(Scorer):
         )
         self._runtime: ScoreBackend | None = None
 
-    def load(self, checkpoint: LoadedCheckpoint | None = None) -> None:
+    def load(self, checkpoint: LoadedCheckpoint | CheckpointFile | None = None) -> None:
         backend_cls = score_backend(self.backend, self.device)  # auto: decided on the worker
-        ckpt = checkpoint or load_checkpoint(self.checkpoint_uri, self.storage_options)
-        meta = ckpt.meta
+        file = checkpoint
+        if file is None:
+            file = read_checkpoint(self.checkpoint_uri, self.storage_options, self.cache_dir)
+        meta = file.meta  # from the cache when these bytes were read before: no torch
         if meta.arch != self.arch:
             raise ConfigError(
                 f"checkpoint {self.checkpoint_uri} is {meta.arch!r}, not {self.arch!r}"
@@ -277,9 +285,12 @@ class TorchScorer(Scorer):
         arch, uri = self.arch, self.checkpoint_uri
 
         def network() -> FaceLogitNet:
+            from operators.models.torch_backends import FaceLogitNet
+
+            loaded = file.load() if isinstance(file, CheckpointFile) else file
             net = build_network(arch, hidden=hidden)
             try:
-                net.load_state_dict(ckpt.state_dict, strict=True)
+                net.load_state_dict(loaded.state_dict, strict=True)
             except RuntimeError as e:
                 first = str(e).strip().splitlines()[0]
                 raise ConfigError(f"checkpoint {uri} weights do not fit: {first}") from None
@@ -290,11 +301,11 @@ class TorchScorer(Scorer):
             num_threads=self.num_threads,
             arch=meta.arch,
             input_size=meta.input_size,
-            sha256=ckpt.sha256,
+            sha256=file.sha256,
             cache_dir=self.cache_dir,
         )
         self._runtime = backend_cls(network, ctx)
-        self._meta, self._sha256 = meta, ckpt.sha256
+        self._meta, self._sha256 = meta, file.sha256
 
     @property
     def runtime(self) -> ScoreBackend:
@@ -303,9 +314,9 @@ class TorchScorer(Scorer):
         return self._runtime
 
     def predict(self, batch: np.ndarray) -> np.ndarray:
-        logits = self.predict_logits(batch)
-        probs = torch.sigmoid(torch.from_numpy(logits) / self.meta.temperature)
-        return probs.numpy().astype(np.float32, copy=False)
+        z = self.predict_logits(batch).astype(np.float64) / self.meta.temperature
+        # sigmoid(z) = exp(-log(1 + exp(-z))): no overflow at any logit.
+        return np.exp(-np.logaddexp(0.0, -z)).astype(np.float32)
 
     def predict_logits(self, batch: np.ndarray) -> np.ndarray:
         """Raw float32 logits before temperature: what calibration fits the temperature on
@@ -362,8 +373,8 @@ def read_meta(
     checkpoint_uri: str, storage_options: dict[str, Any] | None = None
 ) -> tuple[CheckpointMeta, str]:
     """Meta and sha256 of a checkpoint, e.g. so the driver can size crops before a scan."""
-    ckpt = load_checkpoint(checkpoint_uri, storage_options)
-    return ckpt.meta, ckpt.sha256
+    file = read_checkpoint(checkpoint_uri, storage_options)
+    return file.meta, file.sha256
 
 
 def build_scorer(
@@ -377,9 +388,9 @@ def build_scorer(
     cache_dir: str | None = None,
 ) -> Scorer:
     """The scorer for this checkpoint's architecture, loaded (one read of the file) by default."""
-    score_backend(backend)  # a wrong name fails before the checkpoint is read
-    ckpt = load_checkpoint(checkpoint_uri, storage_options)
-    scorer = scorer_class(ckpt.meta.arch)(
+    backend_name(backend)  # a wrong name fails before the checkpoint is read
+    file = read_checkpoint(checkpoint_uri, storage_options, cache_dir)
+    scorer = scorer_class(file.meta.arch)(
         checkpoint_uri,
         device,
         num_threads,
@@ -388,5 +399,5 @@ def build_scorer(
         cache_dir=cache_dir,
     )
     if load:
-        scorer.load(ckpt)
+        scorer.load(file)
     return scorer
