@@ -73,6 +73,18 @@ def test_stages_run_in_their_own_threads_and_overlap():
     assert any(a0 < b1 and b0 < a1 for a0, a1 in spans["first"] for b0, b1 in spans["second"])
 
 
+def test_a_stage_whose_input_is_spent_is_torn_down_while_later_stages_still_work():
+    """Decode workers are released once the last video is decoded, not after the last
+    part is scored: their exit overlaps the work still going on."""
+    first, slow_last = AddOne(4), AddOne(1, delay=0.05)
+    seen: list[tuple[int, int]] = []  # (item, first's teardowns when the item came out)
+    for item in LocalRunner(True).run(range(8), [first, slow_last], ScanMetrics()):
+        seen.append((item, first.teardowns))
+    assert [i for i, _ in seen] == [i + 2 for i in range(8)]
+    assert seen[-1][1] == 1  # torn down before the last item was through the slow stage
+    assert (first.teardowns, slow_last.teardowns) == (1, 1)  # once each, not again at the end
+
+
 def test_a_bug_in_an_operator_stops_the_run_and_is_raised():
     ops = [AddOne(2), Boom(2), AddOne(2)]
     with pytest.raises(RuntimeError, match="operator bug"):
