@@ -138,7 +138,7 @@ def test_meta_of_bytes_read_before_comes_from_the_cache_without_parsing(
     path = tmp_path / "m.pt"
     sha = _save(build_network("mobilenet_v2"), meta, path)
     assert read_checkpoint(str(path), cache_dir=cache).meta == meta  # parsed, then cached
-    entry = tmp_path / "cache" / "checkpoints" / f"{sha}.json"
+    entry = tmp_path / "cache" / "checkpoints" / f"{sha}-v{checkpoints.FORMAT_VERSION}.json"
     assert entry.is_file()
 
     parse = checkpoints._parse

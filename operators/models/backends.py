@@ -128,6 +128,7 @@ def score_backend(name: str, device: str = "cpu") -> type[ScoreBackend]:
 
 
 def load_backend(where: str) -> type[ScoreBackend]:
+    """The class a registry entry (``"module:class"``) names, importing its module."""
     module, _, attr = where.partition(":")
     cls: type[ScoreBackend] = getattr(importlib.import_module(module), attr)
     return cls

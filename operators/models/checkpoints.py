@@ -239,7 +239,10 @@ class CheckpointFile:
         return self.load().meta
 
     def _meta_path(self) -> Path:
-        return cache_dir(self.cache_dir, "checkpoints") / f"{self.sha256}.json"
+        # Named by the format this dfscan reads too: an entry written by a reader of
+        # another format version never skips this one's version check.
+        name = f"{self.sha256}-v{FORMAT_VERSION}.json"
+        return cache_dir(self.cache_dir, "checkpoints") / name
 
     def _remember(self, meta: CheckpointMeta) -> None:
         """Keep the meta for the next read of these bytes; a cache that cannot be written
