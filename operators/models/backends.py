@@ -222,7 +222,7 @@ def export_onnx(network: NetworkFactory, ctx: BackendContext) -> Path:
     onnxscript, which this project does not otherwise use.
     """
     name = f"{ctx.arch}-{ctx.sha256}-{ctx.input_size}px-opset{ONNX_OPSET}-r{EXPORT_REVISION}"
-    path = cache_dir(ctx.cache_dir) / f"{name}.onnx"
+    path = cache_dir(ctx.cache_dir, "onnx") / f"{name}.onnx"
     if path.exists():
         return path
     import torch

@@ -175,7 +175,7 @@ def load_weights_only(data: bytes, what: str) -> object:
         raise ConfigError(f"{what} ({first})") from None
 
 
-def cache_dir(configured: str | None = None, kind: str = "onnx") -> Path:
+def cache_dir(configured: str | None, kind: str) -> Path:
     """``kind``'s folder in the cache: under the argument, $DFSCAN_CACHE_DIR, else the
     user's cache folder; a temporary folder when that cannot be written (read-only home)."""
     base = configured or os.environ.get(CACHE_ENV)
@@ -216,27 +216,33 @@ class CheckpointFile:
     sha256: str
     cache_dir: str | None = None  # None: the default cache folder (see ``cache_dir``)
     _loaded: LoadedCheckpoint | None = field(default=None, repr=False)
+    _meta: CheckpointMeta | None = field(default=None, repr=False)
 
     def load(self) -> LoadedCheckpoint:
         """Weights and meta, validated (torch, ``weights_only``); the meta is then cached."""
         if self._loaded is None:
             self._loaded = _parse(self.data, self.uri, self.sha256)
+            self._meta = self._loaded.meta
             self._remember(self._loaded.meta)
         return self._loaded
 
     @property
     def meta(self) -> CheckpointMeta:
-        if self._loaded is not None:
-            return self._loaded.meta
+        """Read once per file object: from the cache, else from the parsed checkpoint."""
+        if self._meta is None:
+            self._meta = self._cached_meta() or self.load().meta
+        return self._meta
+
+    def _cached_meta(self) -> CheckpointMeta | None:
         path = self._meta_path()
         try:
             return CheckpointMeta.from_dict(json.loads(path.read_text()))
         except FileNotFoundError:
-            pass
+            return None
         except (OSError, ValueError, TypeError, AttributeError, ConfigError) as e:
             log.warning("replacing unreadable cached checkpoint meta %s: %s", path, e)
             path.unlink(missing_ok=True)  # load() writes it afresh
-        return self.load().meta
+            return None
 
     def _meta_path(self) -> Path:
         # Named by the format this dfscan reads too: an entry written by a reader of
