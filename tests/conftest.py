@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import cv2
@@ -21,6 +22,32 @@ os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 # ONNX graphs the scorer exports (the default CPU backend) go to a throwaway folder, not
 # the user's cache; set before any scan so Ray/Beam workers and subprocesses inherit it.
 os.environ.setdefault("DFSCAN_CACHE_DIR", tempfile.mkdtemp(prefix="dfscan-cache-"))
+
+
+def _scheduling() -> tuple[int, int] | None:
+    """This thread's scheduling policy and priority (None where the OS has no such call)."""
+    if not hasattr(os, "sched_getscheduler"):
+        return None
+    return os.sched_getscheduler(0), os.sched_getparam(0).sched_priority
+
+
+_SESSION_SCHEDULING = _scheduling()
+
+
+@pytest.fixture(autouse=True)
+def _keeps_the_scheduling_policy() -> Iterator[None]:
+    """A test must leave the process on the policy the session started with: whatever it
+    starts later inherits it (see ``tests.media.keeps_scheduling`` for the encoder that
+    does otherwise). The test that changed it fails, and the policy is put back so the
+    rest of the suite runs as it should."""
+    yield
+    now = _scheduling()
+    if now != _SESSION_SCHEDULING and _SESSION_SCHEDULING is not None:
+        policy, priority = _SESSION_SCHEDULING
+        os.sched_setscheduler(0, policy, os.sched_param(priority))
+        pytest.fail(
+            f"the test left this process on scheduling policy {now}, not {_SESSION_SCHEDULING}"
+        )
 
 
 @pytest.fixture(scope="session")
@@ -71,9 +98,6 @@ def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 # --- PostgreSQL server (used by tests/test_postgres_warehouse.py) ---------------------
-from collections.abc import Iterator  # noqa: E402  (kept with the fixture it serves)
-
-
 def _postgres_bindir() -> Path:
     """Debian's server binaries (apt: postgresql), or DFSCAN_PG_BIN, newest version first."""
     env = os.environ.get("DFSCAN_PG_BIN")

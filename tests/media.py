@@ -3,8 +3,10 @@ the shared photos, and broken files of every kind a scan must survive."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import struct
+from collections.abc import Iterator
 from fractions import Fraction
 from pathlib import Path
 
@@ -33,7 +35,7 @@ def write_video(
             img[..., 0] = (i * 8) % 256
             frames.append(img)
     h, w = frames[0].shape[:2]
-    with av.open(str(path), "w", format=container_format) as out:
+    with keeps_scheduling(), av.open(str(path), "w", format=container_format) as out:
         stream = out.add_stream(codec, rate=fps)
         stream.width, stream.height = w, h
         stream.pix_fmt = "yuv420p"
@@ -109,6 +111,28 @@ def noise_frames(n: int, size: tuple[int, int], seed: int = 0) -> list[np.ndarra
     return frames
 
 
+@contextlib.contextmanager
+def keeps_scheduling() -> Iterator[None]:
+    """Give the calling thread back its scheduling policy when the block ends.
+
+    SVT-AV1's encoder (``libsvtav1`` in PyAV's FFmpeg) moves the thread that opens it to
+    SCHED_FIFO at priority 99 whenever it is allowed to, as root is. Every process that
+    thread starts afterwards inherits the policy: the test servers, decode workers, Ray,
+    promtool. Real-time processes of one priority are not time-sliced against each other,
+    so on two cores a pair of them spinning can starve the rest for good; a CI run of the
+    suite stalled so.
+    """
+    if not hasattr(os, "sched_getscheduler"):  # not Linux: nothing to guard
+        yield
+        return
+    policy, param = os.sched_getscheduler(0), os.sched_getparam(0)
+    try:
+        yield
+    finally:
+        if (os.sched_getscheduler(0), os.sched_getparam(0)) != (policy, param):
+            os.sched_setscheduler(0, policy, param)
+
+
 def encode_clip(
     path: Path,
     frames: list[np.ndarray],
@@ -135,9 +159,12 @@ def encode_clip(
     """
     h, w = frames[0].shape[:2]
     tb = time_base or Fraction(1, fps)
-    with av.open(
-        str(path), "w", format=container_format, container_options=container_options or {}
-    ) as out:
+    with (
+        keeps_scheduling(),
+        av.open(
+            str(path), "w", format=container_format, container_options=container_options or {}
+        ) as out,
+    ):
         stream = out.add_stream(codec, rate=fps, options=options or {})
         stream.width, stream.height = w, h
         stream.pix_fmt = pix_fmt
