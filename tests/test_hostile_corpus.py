@@ -24,7 +24,6 @@ from pipelines.cli import main
 from pipelines.scan import RUNNERS
 from tests.hostile_corpus import FAULTS_ENV as FAULT_SPEC
 from tests.hostile_corpus import PRIVATE, build_corpus
-from tests.media import encode_clip, keeps_scheduling, noise_frames
 from tests.processes import TAG_ENV, wait_for_no_processes
 
 pytestmark = pytest.mark.slow
@@ -37,35 +36,6 @@ def corpus(tmp_path_factory: pytest.TempPathFactory, obama_rgb: np.ndarray):
     root = tmp_path_factory.mktemp("hostile")
     expected = build_corpus(root / "in", obama_rgb, root / "work")
     return root / "in", expected, root / "in" / PRIVATE
-
-
-def _policy() -> tuple[int, int]:
-    return os.sched_getscheduler(0), os.sched_getparam(0).sched_priority
-
-
-@pytest.mark.skipif(not hasattr(os, "sched_getscheduler"), reason="Linux scheduling calls")
-def test_an_av1_encode_leaves_the_thread_on_its_scheduling_policy(tmp_path: Path):
-    """The corpus's AV1 clip comes from libsvtav1, which moves the thread that opens it to
-    SCHED_FIFO 99 when it may (as root): every process the suite started after it would
-    inherit that. The clip writers put the policy back."""
-    before = _policy()
-    clip = encode_clip(
-        tmp_path / "av1.mkv",
-        noise_frames(4, (64, 64)),
-        codec="libsvtav1",
-        container_format="matroska",
-    )
-    assert clip.stat().st_size > 0
-    assert _policy() == before
-
-
-@pytest.mark.skipif(not hasattr(os, "sched_getscheduler"), reason="Linux scheduling calls")
-def test_keeps_scheduling_puts_back_a_policy_changed_inside_it():
-    before = _policy()
-    with keeps_scheduling():  # SCHED_BATCH needs no privilege, unlike what the encoder sets
-        os.sched_setscheduler(0, os.SCHED_BATCH, os.sched_param(0))
-        assert _policy()[0] == os.SCHED_BATCH
-    assert _policy() == before
 
 
 def rows(out: Path) -> list[dict]:
