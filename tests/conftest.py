@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from pipelines.config import shared_dir
+from tests.media import restore_scheduling, scheduling
 
 SHARED = shared_dir()
 REAL_VIDEOS = SHARED / "data" / "videos" / "real"
@@ -24,14 +25,7 @@ os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("DFSCAN_CACHE_DIR", tempfile.mkdtemp(prefix="dfscan-cache-"))
 
 
-def _scheduling() -> tuple[int, int] | None:
-    """This thread's scheduling policy and priority (None where the OS has no such call)."""
-    if not hasattr(os, "sched_getscheduler"):
-        return None
-    return os.sched_getscheduler(0), os.sched_getparam(0).sched_priority
-
-
-_SESSION_SCHEDULING = _scheduling()
+_SESSION_SCHEDULING = scheduling()
 
 
 @pytest.fixture(autouse=True)
@@ -41,10 +35,8 @@ def _keeps_the_scheduling_policy() -> Iterator[None]:
     does otherwise). The test that changed it fails, and the policy is put back so the
     rest of the suite runs as it should."""
     yield
-    now = _scheduling()
-    if now != _SESSION_SCHEDULING and _SESSION_SCHEDULING is not None:
-        policy, priority = _SESSION_SCHEDULING
-        os.sched_setscheduler(0, policy, os.sched_param(priority))
+    now = scheduling()
+    if restore_scheduling(_SESSION_SCHEDULING):
         pytest.fail(
             f"the test left this process on scheduling policy {now}, not {_SESSION_SCHEDULING}"
         )

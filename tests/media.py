@@ -111,6 +111,22 @@ def noise_frames(n: int, size: tuple[int, int], seed: int = 0) -> list[np.ndarra
     return frames
 
 
+def scheduling() -> tuple[int, int] | None:
+    """This thread's scheduling policy and priority (None where the OS has no such call)."""
+    if not hasattr(os, "sched_getscheduler"):
+        return None
+    return os.sched_getscheduler(0), os.sched_getparam(0).sched_priority
+
+
+def restore_scheduling(state: tuple[int, int] | None) -> bool:
+    """Put this thread back on ``state`` (from ``scheduling()``); True when it had moved."""
+    if state is None or scheduling() == state:
+        return False
+    policy, priority = state
+    os.sched_setscheduler(0, policy, os.sched_param(priority))
+    return True
+
+
 @contextlib.contextmanager
 def keeps_scheduling() -> Iterator[None]:
     """Give the calling thread back its scheduling policy when the block ends.
@@ -122,15 +138,11 @@ def keeps_scheduling() -> Iterator[None]:
     so on two cores a pair of them spinning can starve the rest for good; a CI run of the
     suite stalled so.
     """
-    if not hasattr(os, "sched_getscheduler"):  # not Linux: nothing to guard
-        yield
-        return
-    policy, param = os.sched_getscheduler(0), os.sched_getparam(0)
+    state = scheduling()
     try:
         yield
     finally:
-        if (os.sched_getscheduler(0), os.sched_getparam(0)) != (policy, param):
-            os.sched_setscheduler(0, policy, param)
+        restore_scheduling(state)
 
 
 def encode_clip(

@@ -7,22 +7,18 @@ from pathlib import Path
 
 import pytest
 
-from tests.media import encode_clip, keeps_scheduling, noise_frames
+from tests.media import encode_clip, keeps_scheduling, noise_frames, scheduling
 
 pytestmark = pytest.mark.skipif(
     not hasattr(os, "sched_getscheduler"), reason="Linux scheduling calls"
 )
 
 
-def _policy() -> tuple[int, int]:
-    return os.sched_getscheduler(0), os.sched_getparam(0).sched_priority
-
-
 def test_an_av1_encode_leaves_the_thread_on_its_scheduling_policy(tmp_path: Path):
     """The corpus's AV1 clip comes from libsvtav1, which moves the thread that opens it to
     SCHED_FIFO 99 when it may (as root): every process the suite started after it would
     inherit that. The clip writers put the policy back."""
-    before = _policy()
+    before = scheduling()
     clip = encode_clip(
         tmp_path / "av1.mkv",
         noise_frames(4, (64, 64)),
@@ -30,12 +26,12 @@ def test_an_av1_encode_leaves_the_thread_on_its_scheduling_policy(tmp_path: Path
         container_format="matroska",
     )
     assert clip.stat().st_size > 0
-    assert _policy() == before
+    assert scheduling() == before
 
 
 def test_keeps_scheduling_puts_back_a_policy_changed_inside_it():
-    before = _policy()
+    before = scheduling()
     with keeps_scheduling():  # SCHED_BATCH needs no privilege, unlike what the encoder sets
         os.sched_setscheduler(0, os.SCHED_BATCH, os.sched_param(0))
-        assert _policy()[0] == os.SCHED_BATCH
-    assert _policy() == before
+        assert scheduling()[0] == os.SCHED_BATCH
+    assert scheduling() == before
