@@ -14,6 +14,7 @@ day prefixes. A file a window leaves out for want of a time is counted and logge
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import hashlib
 import logging
@@ -252,20 +253,19 @@ def _list_manifest(
     (entries outside are not even stat'ed), else by the store's modification time."""
     manifest = read_manifest(uri, opts)
     for entry in manifest.uris:
-        if manifest.uploaded_at is not None and not report.admit(
-            window, manifest.uploaded_at[entry]
-        ):
+        uploaded = manifest.uploaded_at[entry] if manifest.uploaded_at is not None else None
+        if manifest.uploaded_at is not None and not report.admit(window, uploaded):
             continue
         if not policy.allows(entry):
             # Not stat'ed, so its mtime is unknown: a window by mtime cannot admit it.
             if manifest.uploaded_at is None and not report.admit(window, None):
                 continue
-            yield VideoFile(uri=entry, size_bytes=-1)
+            yield VideoFile(uri=entry, size_bytes=-1, uploaded_at=uploaded)
             continue
         video = _stat(entry, opts)
         if manifest.uploaded_at is None and not report.admit(window, video.mtime):
             continue
-        yield video
+        yield dataclasses.replace(video, uploaded_at=uploaded)
 
 
 def _list_prefix(
@@ -320,7 +320,9 @@ def _list_template(
     for day_uri in days:  # all checked before any is listed: a refusal lists nothing
         if (why := policy.refusal(day_uri)) is not None:
             raise ConfigError(f"input {day_uri} is not allowed: {why}")
-    for day_uri in days:
+    for day, day_uri in zip(template_days(window), days, strict=True):
+        # The partition is the upload day (a day manifest's own uploaded_at is finer).
+        midnight = dt.datetime.combine(day, dt.time(), dt.timezone.utc).timestamp()
         report.days.append(day_uri)
         before = report.listed
         if is_manifest(day_uri):
@@ -332,7 +334,11 @@ def _list_template(
             videos = list(_list_prefix(day_uri, opts, None, report, missing_ok=True))
         for video in videos:
             report.listed += 1
-            yield video
+            yield (
+                video
+                if video.uploaded_at is not None
+                else (dataclasses.replace(video, uploaded_at=midnight))
+            )
         if report.listed == before:
             report.empty_days.append(day_uri)
             log.info("no uploads under %s", day_uri)
@@ -385,6 +391,10 @@ def list_videos(
         )
 
 
+def _ref(video: VideoFile, video_id: str, size_bytes: int) -> VideoRef:
+    return VideoRef(video_id, video.uri, size_bytes, video.mtime, video.uploaded_at)
+
+
 URI_ID_PREFIX = "u5-"  # marks an id made from the URI, not from the content
 
 
@@ -416,10 +426,9 @@ class VideoHasher(Operator[VideoFile, VideoRef]):
     def hash_one(self, video: VideoFile) -> VideoRef:
         if not self.policy.allows(video.uri):
             # Not ours to read: decode refuses it too and the row says why.
-            size = max(video.size_bytes, 0)
-            return VideoRef(uri_video_id(video.uri), video.uri, size, video.mtime)
+            return _ref(video, uri_video_id(video.uri), max(video.size_bytes, 0))
         if video.size_bytes > self.max_bytes:
-            return VideoRef(uri_video_id(video.uri), video.uri, video.size_bytes, video.mtime)
+            return _ref(video, uri_video_id(video.uri), video.size_bytes)
         digest = hashlib.sha256()
         size = 0
         try:
@@ -429,10 +438,8 @@ class VideoHasher(Operator[VideoFile, VideoRef]):
                     size += len(chunk)
         except (FileNotFoundError, PermissionError, IsADirectoryError):
             # The open in decode fails again and records why; the id must not be content.
-            return VideoRef(
-                uri_video_id(video.uri), video.uri, max(video.size_bytes, 0), video.mtime
-            )
-        return VideoRef(digest.hexdigest(), video.uri, size, video.mtime)
+            return _ref(video, uri_video_id(video.uri), max(video.size_bytes, 0))
+        return _ref(video, digest.hexdigest(), size)
 
     def process_batch(self, items: list[VideoFile]) -> list[VideoRef]:
         return [self.hash_one(v) for v in items]

@@ -10,7 +10,8 @@ that the writer, the readers and ``dfscan shards`` share.
 
 Why this shape:
 
-- ``dt`` is the UTC date the video was uploaded (its mtime from listing), so the nightly
+- ``dt`` is the UTC date the video was uploaded (``VideoRef.upload_time``: a manifest's
+  ``uploaded_at``, a date-partitioned input's day, else the mtime from listing), so the nightly
   scan of yesterday's uploads lands in yesterday's partition and a backfill or a rescore
   of a date range reads only those directories. A store that reports no time puts the
   video under ``dt=__HIVE_DEFAULT_PARTITION__`` (the Hive/Spark name for "no value").
@@ -58,12 +59,12 @@ PART_PATH = re.compile(
 )
 
 
-def partition_date(mtime: float | None) -> str:
+def partition_date(upload_time: float | None) -> str:
     """The ``dt`` of a video: the UTC date of its upload time, or the default partition."""
-    if mtime is None:
+    if upload_time is None:
         return DEFAULT_PARTITION
     try:
-        return dt.datetime.fromtimestamp(mtime, tz=dt.timezone.utc).strftime("%Y-%m-%d")
+        return dt.datetime.fromtimestamp(upload_time, tz=dt.timezone.utc).strftime("%Y-%m-%d")
     except (OverflowError, OSError, ValueError):  # NaN or out of range: no usable date
         return DEFAULT_PARTITION
 

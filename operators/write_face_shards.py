@@ -118,7 +118,7 @@ class FaceShardWriter(Operator[VideoFaces, VideoFaces]):
         groups: dict[tuple[str, str], list[VideoFaces]] = {}
         for v in items:
             if v.faces:
-                key = (partition_date(v.ref.mtime), v.detector.name)
+                key = (partition_date(v.ref.upload_time), v.detector.name)
                 groups.setdefault(key, []).append(v)
         shard_of: dict[str, str] = {}
         for (date, detector), videos in sorted(groups.items()):

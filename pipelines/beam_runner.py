@@ -361,6 +361,7 @@ _REFS_SCHEMA = pa.schema(
         pa.field("uri", pa.string(), nullable=False),
         pa.field("size_bytes", pa.int64(), nullable=False),
         pa.field("mtime", pa.float64()),
+        pa.field("uploaded_at", pa.float64()),
     ]
 )
 

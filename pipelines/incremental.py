@@ -46,7 +46,11 @@ def plan_scan(
 ) -> ScanPlan:
     """Hash (or look up) every file, record every URI, and choose what to decode."""
     known = {} if rescan else warehouse.known_video_ids(files)
-    cached = [VideoRef(known[f.uri], f.uri, f.size_bytes, f.mtime) for f in files if f.uri in known]
+    cached = [
+        VideoRef(known[f.uri], f.uri, f.size_bytes, f.mtime, f.uploaded_at)
+        for f in files
+        if f.uri in known
+    ]
     to_hash = [f for f in files if f.uri not in known]
     hashed = hash_refs(to_hash) if to_hash else []
     if len(hashed) != len(to_hash):

@@ -31,6 +31,9 @@ class VideoFile:
     uri: str
     size_bytes: int
     mtime: float | None = None  # seconds since the epoch, when the store reports one
+    # When the platform received the upload, where the listing knows it better than the
+    # store's mtime: a manifest's uploaded_at, a date-partitioned input's day.
+    uploaded_at: float | None = None
 
 
 @dataclass(frozen=True)
@@ -40,7 +43,14 @@ class VideoRef:
     video_id: str
     uri: str
     size_bytes: int
-    mtime: float | None = None
+    mtime: float | None = None  # as listed: with size, what tells a changed file
+    uploaded_at: float | None = None  # as VideoFile.uploaded_at
+
+    @property
+    def upload_time(self) -> float | None:
+        """The upload time the window and the shard partition go by: the listing's
+        ``uploaded_at`` when it has one, else the store's modification time."""
+        return self.uploaded_at if self.uploaded_at is not None else self.mtime
 
 
 @dataclass(frozen=True)

@@ -253,6 +253,8 @@ def test_date_template_lists_one_prefix_per_day_missing_days_empty(
     assert report.days == [f"{tmp_path}/{d.strftime(layout)}/" for d in (DAY_21, DAY_22)]
     assert report.empty_days == [f"{tmp_path}/{DAY_22.strftime(layout)}/"]
     assert (report.outside_window, report.no_time) == (0, 0)  # no mtime filter
+    # Uploaded on its partition's day, whatever the copy's mtime (shards file it there).
+    assert {f.uploaded_at for f in files} == {DAY_21.timestamp()}
     both = list(list_videos(f"{tmp_path}/{template}/", window=window("2026-11-20", "2026-11-22")))
     assert names(both) == ["x.mp4", "a.mp4", "b.mov"]  # oldest day first
 
@@ -265,6 +267,7 @@ def test_date_template_of_daily_manifests(tmp_path: Path):
         list_videos(f"{tmp_path}/m/{{date}}.csv", window=window("2026-11-20", "2026-11-23"))
     )
     assert [f.uri for f in files] == [f"file://{video}"]  # listed on its manifest's day
+    assert [(f.mtime, f.uploaded_at) for f in files] == [(DAY_20.timestamp(), DAY_21.timestamp())]
 
 
 @pytest.mark.parametrize(
@@ -343,6 +346,11 @@ def test_manifest_window_filters_on_uploaded_at_not_the_store(tmp_path: Path, ki
         ("gone.mp4", -1),
     ]
     assert (report.outside_window, report.no_time) == (1, 1)
+    # The upload time rides along (the shard partition goes by it), the store's mtime too.
+    assert [(f.uploaded_at, f.mtime) for f in files] == [
+        (dt.datetime(2026, 11, 21, 23, 59, 59, tzinfo=UTC).timestamp(), DAY_21.timestamp()),
+        (DAY_21.timestamp(), None),
+    ]
     assert len(list(list_videos(str(manifest)))) == 4  # no window: uploaded_at is ignored
 
 
@@ -355,6 +363,7 @@ def test_manifest_without_uploaded_at_uses_the_store_mtime(tmp_path: Path):
         list_videos(str(manifest), window=window("2026-11-21", "2026-11-22"), report=report)
     )
     assert names(files) == ["new.mp4"]
+    assert files[0].uploaded_at is None  # upload time: the store's mtime
     assert (report.outside_window, report.no_time) == (1, 1)  # gone: no mtime to judge by
 
 
@@ -511,6 +520,8 @@ def test_scan_of_a_date_template_scans_only_the_window_days(tmp_path: Path, tiny
     argv = scan_argv(f"{uploads}/dt={{date}}/", out, tiny_checkpoint, "days-21-22")
     assert main([*argv, "--since", "2026-11-21", "--until", "2026-11-23"]) == 0  # 22nd: none
     assert scan_rows(out) == {"talking_head_d19.mp4": ("scored", "days-21-22")}
+    # Its faces are filed under the upload day, not under the copy's mtime (today).
+    assert [p.name for p in (out / "faces").glob("dt=*")] == ["dt=2026-11-21"]
     con = duckdb.connect(str(out / "scans.duckdb"), read_only=True)
     run = con.execute("SELECT config FROM scan_runs WHERE run_id = 'days-21-22'").fetchone()
     con.close()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import json
 import math
@@ -110,6 +111,16 @@ def test_a_batch_is_split_by_the_utc_date_of_each_upload(tmp_path: Path):
     # Each part is named for its own videos, so the same split is named alike next time.
     assert local(out["noon"]).name == shard_name([batch[1], batch[2]], 1.3)
     assert read_face_shards(str(tmp_path / "faces")).num_rows == 5
+
+
+def test_the_listing_upload_time_outranks_the_store_mtime(tmp_path: Path):
+    # A manifest's uploaded_at (or a date partition's day) says when the platform got
+    # the upload; the store's mtime is when the copy being read was written.
+    listed = video("m", 1, NOON.timestamp())
+    late = dataclasses.replace(listed.ref, uploaded_at=LATE_EVENING.timestamp())
+    out = writer(tmp_path).process_batch([dataclasses.replace(listed, ref=late), video("n", 1)])
+    dirs = [local(v.shard_uri).parent.parent.name for v in out]
+    assert dirs == ["dt=2024-05-02", f"dt={DEFAULT_PARTITION}"]
 
 
 def test_an_unusable_upload_time_goes_to_the_default_partition():

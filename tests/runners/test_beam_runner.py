@@ -6,12 +6,14 @@ build the pipeline graph (offline: nothing is submitted, nothing downloaded).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 from typing import Any
 
 import apache_beam as beam
 import duckdb
+import pyarrow as pa
 import pytest
 from apache_beam.options.pipeline_options import (
     GoogleCloudOptions,
@@ -20,8 +22,10 @@ from apache_beam.options.pipeline_options import (
     StandardOptions,
 )
 
+from operators.list_videos import VideoHasher
 from pipelines.beam_runner import (
     DEAD_LETTER,
+    RESULT_CODECS,
     BeamRunner,
     ScorerModelHandler,
     build_pipeline,
@@ -34,7 +38,7 @@ from pipelines.config import (
 )
 from pipelines.graph import ModelInfo, build_operators
 from pipelines.scan import RUNNERS
-from schemas.records import VideoFile, VideoScan, VideoStatus
+from schemas.records import VideoFile, VideoRef, VideoScan, VideoStatus
 from tests.runners.parity import PARITY_VIDEOS, scan
 
 STAGES = {"hash", "decode_detect", "write_shards", "score_faces", "aggregate", "write_warehouse"}
@@ -295,3 +299,13 @@ def test_without_runner_option_the_pipeline_runs_in_process() -> None:
     pipeline = make_pipeline(runner.options)
     assert type(pipeline.runner).__name__ == "FnApiRunner"  # never Prism (a download)
     assert runner.options.view_as(GoogleCloudOptions).project == "p"
+
+
+def test_the_hash_hand_off_keeps_every_field_of_a_ref() -> None:
+    # Refs cross from the hash phase to the scan as Parquet: a field missing from the
+    # schema would come back as its default (an upload time lost, the shard misfiled).
+    codec = RESULT_CODECS[VideoHasher]
+    assert codec.schema.names == [f.name for f in dataclasses.fields(VideoRef)]
+    ref = VideoRef("id", "file:///a.mp4", 10, 1_700_000_000.5, 1_600_000_000.0)
+    table = pa.Table.from_pylist([codec.to_record(ref)], schema=codec.schema)
+    assert codec.from_record(table.to_pylist()[0]) == ref
