@@ -56,7 +56,8 @@ def _forms(uri: str) -> list[str]:
 
 def _under(uri: str, prefix: str) -> bool:
     if prefix.endswith("/"):
-        return uri.startswith(prefix)
+        # The folder itself too: its normalised reading has lost the trailing slash.
+        return uri.startswith(prefix) or uri == prefix.rstrip("/")
     return uri == prefix or uri.startswith(prefix + "/")
 
 

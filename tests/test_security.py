@@ -58,6 +58,11 @@ def test_the_cli_default_allows_local_files_and_the_given_input_only():
     assert default_prefixes("/data/in", False) == ("file:///",)
     assert default_prefixes("s3://b/day/", False) == ("file:///", "s3://b/day/")
     assert default_prefixes("s3://b/manifests/m.csv", True) == ("file:///", "s3://b/")
+    # The input a default came from is itself allowed, with or without its slash.
+    for given in ("s3://b/day/", "s3://b/day", "s3://b/", "gs://b/day/"):
+        policy = UriPolicy.build(default_prefixes(given, False))
+        assert policy.allows(given) and policy.allows(given.rstrip("/") + "/x.mp4")
+    assert not UriPolicy.build(["s3://b/day/"]).allows("s3://b/day-private/x.mp4")
 
 
 @pytest.fixture()
