@@ -53,6 +53,7 @@ class ListingReport:
     listed: int = 0  # files yielded
     outside_window: int = 0  # upload time known and outside --since/--until
     no_time: int = 0  # a window was given but the file has no upload time: left out
+    no_uri: int = 0  # manifest entries with an empty URI cell: nothing to scan, warned
     days: list[str] = field(default_factory=list)  # expanded template prefixes, in order
     empty_days: list[str] = field(default_factory=list)  # of those, the ones with no file
 
@@ -194,6 +195,9 @@ class Manifest:
 
     uris: tuple[str, ...]
     uploaded_at: dict[str, float | None] | None = None
+    # Rows (1 = the first entry, as a spreadsheet numbers them below the header) whose
+    # URI cell is empty: nothing to scan, but said, not dropped in silence.
+    blank_rows: tuple[int, ...] = ()
 
 
 def read_manifest(uri: str, storage_options: dict[str, Any] | None = None) -> Manifest:
@@ -226,10 +230,13 @@ def read_manifest(uri: str, storage_options: dict[str, Any] | None = None) -> Ma
     has_time = MANIFEST_TIME_COLUMN in table.column_names
     times = table.column(MANIFEST_TIME_COLUMN).to_pylist() if has_time else []
     seen: dict[str, float | None] = {}
+    blank: list[int] = []
     for i, value in enumerate(table.column(column).to_pylist()):
-        if value and str(value) not in seen:
+        if value is None or not str(value).strip():
+            blank.append(i + 1)
+        elif str(value) not in seen:
             seen[str(value)] = _upload_time(times[i], uri) if has_time else None
-    return Manifest(tuple(seen), seen if has_time else None)
+    return Manifest(tuple(seen), seen if has_time else None, tuple(blank))
 
 
 def _stat(uri: str, opts: dict[str, Any]) -> VideoFile:
@@ -248,10 +255,29 @@ def _list_manifest(
     policy: UriPolicy,
     window: TimeWindow | None,
     report: ListingReport,
+    missing_ok: bool = False,
 ) -> Iterator[VideoFile]:
     """A manifest's entries; with a window, by ``uploaded_at`` when the manifest has it
-    (entries outside are not even stat'ed), else by the store's modification time."""
-    manifest = read_manifest(uri, opts)
+    (entries outside are not even stat'ed), else by the store's modification time.
+    ``missing_ok``: a missing manifest is an empty listing."""
+    try:
+        manifest = read_manifest(uri, opts)
+    except FileNotFoundError:
+        if missing_ok:  # a day nothing was uploaded on may have no manifest
+            return
+        raise ConfigError(f"manifest {uri} does not exist") from None
+    if manifest.blank_rows:
+        report.no_uri += len(manifest.blank_rows)
+        shown = ", ".join(map(str, manifest.blank_rows[:10]))
+        more = ", ..." if len(manifest.blank_rows) > 10 else ""
+        log.warning(
+            "manifest %s: %d entr%s with no URI, not scanned (entries %s%s)",
+            uri,
+            len(manifest.blank_rows),
+            "y" if len(manifest.blank_rows) == 1 else "ies",
+            shown,
+            more,
+        )
     for entry in manifest.uris:
         uploaded = manifest.uploaded_at[entry] if manifest.uploaded_at is not None else None
         if manifest.uploaded_at is not None and not report.admit(window, uploaded):
@@ -326,10 +352,7 @@ def _list_template(
         report.days.append(day_uri)
         before = report.listed
         if is_manifest(day_uri):
-            try:
-                videos = list(_list_manifest(day_uri, opts, policy, None, report))
-            except FileNotFoundError:
-                videos = []
+            videos = list(_list_manifest(day_uri, opts, policy, None, report, missing_ok=True))
         else:
             videos = list(_list_prefix(day_uri, opts, None, report, missing_ok=True))
         for video in videos:

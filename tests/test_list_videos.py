@@ -78,6 +78,36 @@ def test_manifest_lists_its_uris_once(tmp_path: Path, kind: str):
     assert [f.uri.rsplit("/", 1)[-1] for f in files] == ["b.mov", "one.mp4"]
 
 
+@pytest.mark.parametrize("kind", ["csv", "jsonl"])
+def test_manifest_entries_without_a_uri_are_counted_and_named_not_dropped_silently(
+    tmp_path: Path, kind: str, caplog: pytest.LogCaptureFixture
+):
+    make_tree(tmp_path)
+    good = str(tmp_path / "b.mov")
+    manifest = tmp_path / f"m.{kind}"
+    if kind == "csv":  # entry 2 has a label but no URI, entry 3 only spaces
+        manifest.write_text(f"uri,label\n{good},x\n,FAKE\n   ,x\n")
+    else:  # entry 2 has no uri key, entry 3 a null, entry 4 an empty string
+        rows = [{"uri": good}, {"label": "FAKE"}, {"uri": None}, {"uri": ""}]
+        manifest.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    report = ListingReport()
+    with caplog.at_level(logging.WARNING, logger="operators.list_videos"):
+        files = list(list_videos(str(manifest), report=report))
+    assert names(files) == ["b.mov"]
+    blank = [2, 3] if kind == "csv" else [2, 3, 4]
+    assert report.no_uri == len(blank)
+    warned = [r.getMessage() for r in caplog.records if "no URI" in r.getMessage()]
+    assert warned == [
+        f"manifest {manifest}: {len(blank)} entries with no URI, not scanned"
+        f" (entries {', '.join(map(str, blank))})"
+    ]
+
+
+def test_a_missing_manifest_is_a_config_error(tmp_path: Path):
+    with pytest.raises(ConfigError, match=r"manifest .*nope\.csv does not exist"):
+        list(list_videos(str(tmp_path / "nope.csv")))
+
+
 def test_manifest_without_uri_column_is_a_config_error(tmp_path: Path):
     (tmp_path / "m.csv").write_text("name\nx\n")
     with pytest.raises(ConfigError, match="no URI column"):
