@@ -280,6 +280,40 @@ def _storage_errors() -> tuple[type[BaseException], ...]:
     return (OSError, BotoCoreError)
 
 
+# Arguments that name files or prefixes read or written through fsspec (not database
+# URLs: --warehouse, nor endpoints: --pushgateway, --ray-address).
+FSSPEC_ARGS = (
+    "input",
+    "faces",
+    "out",
+    "faces_out",
+    "model",
+    "data",
+    "videos",
+    "split",
+    "costs",
+    "detector_model",
+    "parent",
+)
+
+
+def check_storage_schemes(args: argparse.Namespace) -> None:
+    """Refuse, in one line, a URI whose scheme fsspec does not know or whose driver is not
+    installed (``gs://`` without gcsfs), before any work starts: found later, deep in a
+    stage, it would surface as a traceback."""
+    import fsspec.core
+
+    for dest in FSSPEC_ARGS:
+        value = getattr(args, dest, None)
+        if not isinstance(value, str) or "://" not in value:
+            continue
+        protocol = fsspec.core.split_protocol(value)[0] or "file"
+        try:
+            fsspec.get_filesystem_class(protocol)
+        except (ImportError, ValueError) as err:
+            raise ConfigError(f"cannot open {value}: {err}") from None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     # Everything after `--` belongs to the engine (Beam pipeline options), untouched.
@@ -291,6 +325,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     args.beam_args = engine_args
     try:
+        check_storage_schemes(args)
         return int(args.func(args) or 0)
     except ConfigError as err:
         print(f"dfscan: error: {err}", file=sys.stderr)

@@ -266,7 +266,7 @@ def run_shards_command(args: argparse.Namespace) -> int:
     opts = _storage_options(args.storage_options)
     try:
         fsspec.core.url_to_fs(args.faces, **opts)
-    except (ImportError, ValueError, TypeError) as err:  # unknown scheme, missing driver
+    except TypeError as err:  # options the scheme's filesystem does not take
         raise ConfigError(f"cannot open {args.faces}: {err}") from None
     if args.action == "vacuum":
         _vacuum(args, opts)

@@ -241,6 +241,28 @@ def test_cli_bad_setting_is_one_line_and_exit_2(capsys, tmp_path):
     )
 
 
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["scan", "bogus://bucket/uploads/", "--out", "{out}"],
+        ["scan", "{real}", "--out", "bogus://bucket/out"],
+        ["scan", "{real}", "--out", "{out}", "--model", "bogus://bucket/m.pt"],
+        ["rescore", "--faces", "bogus://bucket/faces", "--model", "m.pt"],
+        ["report", "--faces", "bogus://bucket/faces", "--out", "{out}"],
+        ["shards", "ls", "bogus://bucket/faces"],
+    ],
+)
+def test_an_unknown_storage_scheme_is_one_line_before_any_work(capsys, tmp_path, argv):
+    # An unknown scheme, or a known one whose driver is not installed (gs:// without
+    # gcsfs), is found before any work, not as a traceback deep inside a stage.
+    argv = [a.format(real=REAL_VIDEOS, out=tmp_path / "o") for a in argv]
+    code = main(argv)
+    err = capsys.readouterr().err
+    uri = next(a for a in argv if a.startswith("bogus://"))
+    assert (code, err) == (2, f"dfscan: error: cannot open {uri}: Protocol not known: bogus\n")
+    assert not (tmp_path / "o").exists()
+
+
 def test_results_command_lists_rows(real_scan, capsys):
     out, summary = real_scan
     assert (
