@@ -564,10 +564,10 @@ def _redacted(url: str) -> str:
     from urllib.parse import urlsplit
 
     parts = urlsplit(url)
-    host = parts.hostname or ""
-    port = f":{parts.port}" if parts.port else ""
+    # host[:port] as written: .port would raise on a port that is not a number.
+    where = parts.netloc.rpartition("@")[2]
     user = f"{parts.username}@" if parts.username else ""
-    return f"{parts.scheme}://{user}{host}{port}{parts.path}"
+    return f"{parts.scheme}://{user}{where}{parts.path}"
 
 
 # libpq waits for the OS's TCP timeout (minutes) on a host that drops packets, and NAT

@@ -23,6 +23,7 @@ from operators.write_warehouse import (
     WarehouseWriter,
     build_warehouse,
 )
+from pipelines.cli import main
 from pipelines.config import ConfigError
 from schemas.arrow import VIDEO_SCANS_SCHEMA
 from tests.test_write_warehouse import HOUR, MAY_1, make_scan, make_unscored
@@ -80,6 +81,16 @@ def test_a_wrong_password_is_one_config_error_that_hides_the_password(postgres_u
     assert "not-the-password" not in message and "dfscan-test-secret" not in message
     assert message.startswith("cannot connect to warehouse postgresql://dfscan@127.0.0.1:")
     assert "password authentication failed" in message
+
+
+def test_a_port_that_is_not_a_number_is_one_line_without_the_password(capsys) -> None:
+    url = "postgresql://u:not-to-be-shown@127.0.0.1:notaport/db?sslmode=disable"
+    assert main(["results", "--warehouse", url]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(
+        "dfscan: error: cannot connect to warehouse postgresql://u@127.0.0.1:notaport/db: "
+    )
+    assert err.count("\n") == 1 and "not-to-be-shown" not in err
 
 
 # --- upserts -------------------------------------------------------------------------
