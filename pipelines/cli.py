@@ -82,7 +82,10 @@ def register_scan(sub: Any) -> None:
     p = sub.add_parser("scan", help="scan videos for deepfaked faces")
     p.add_argument("input", help="folder or prefix URI, one video, or a CSV/JSONL/Parquet manifest")
     p.add_argument("--out", default=DEFAULT_OUT, help="output URI for face shards and metrics")
-    p.add_argument("--warehouse", help="warehouse URL (default: duckdb:///OUT/scans.duckdb)")
+    p.add_argument(
+        "--warehouse",
+        help="warehouse URL (default: duckdb://<OUT>/scans.duckdb, OUT made absolute)",
+    )
     p.add_argument(
         "--model",
         default=os.environ.get("DFSCAN_MODEL", DEFAULT_MODEL),
@@ -195,7 +198,7 @@ def register_results(sub: Any) -> None:
     p.add_argument(
         "--warehouse",
         default=os.environ.get("DFSCAN_WAREHOUSE"),
-        help="warehouse URL (default: duckdb:///out/scans.duckdb)",
+        help="warehouse URL (default: duckdb://out/scans.duckdb, in this directory)",
     )
     p.add_argument("--status", help="only rows with this status")
     p.add_argument("--model-version", help="only rows of this model version")

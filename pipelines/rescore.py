@@ -207,7 +207,10 @@ def register(sub: Any) -> None:
     p = sub.add_parser("rescore", help="score committed face shards with a new model (no decoding)")
     p.add_argument("--faces", required=True, help="face shards URI (a scan's OUT/faces)")
     p.add_argument("--model", required=True, help="the new classifier checkpoint")
-    p.add_argument("--warehouse", help="warehouse URL (default: duckdb:///OUT/scans.duckdb)")
+    p.add_argument(
+        "--warehouse",
+        help="warehouse URL (default: duckdb://<OUT>/scans.duckdb when --faces is OUT/faces)",
+    )
     p.add_argument("--rule", default=AggregateConfig.rule, choices=sorted(DECISION_RULES))
     p.add_argument(
         "--threshold",

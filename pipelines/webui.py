@@ -972,7 +972,7 @@ def register(sub: Any) -> None:
         p.add_argument(
             "--warehouse",
             default=default_wh,
-            help=f"warehouse URL (default: duckdb:///{DEFAULT_OUT}/scans.duckdb)",
+            help=f"warehouse URL (default: duckdb://{DEFAULT_OUT}/scans.duckdb, in this directory)",
         )
         p.add_argument(
             "--faces", default=f"{DEFAULT_OUT}/faces", help="face shards URI (a scan's OUT/faces)"
