@@ -19,9 +19,11 @@ $(STAMP): setup.py constraints.txt
 
 install: $(STAMP)
 
-# The starter classifier: trained here from the shared labelled crops (~5 min on 2 cores).
+# The starter classifier: trained here from the shared labelled crops (at most 5 min by
+# default; TRAIN_ARGS="--max-minutes 30" lets a slow machine finish all 12 epochs).
+TRAIN_ARGS ?=
 $(MODEL): | $(STAMP)
-	$(BIN)/dfscan train --data $(SHARED)/data/faces/dfdc224 --out $(MODEL)
+	$(BIN)/dfscan train --data $(SHARED)/data/faces/dfdc224 --out $(MODEL) $(TRAIN_ARGS)
 
 demo: $(STAMP) $(MODEL)
 	$(BIN)/dfscan scan $(SHARED)/data/videos --out $(OUT) --model $(MODEL)
