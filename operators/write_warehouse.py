@@ -488,8 +488,11 @@ class DuckDBWarehouse(Warehouse):
         if self._con is None:
             import duckdb
 
-            if self.path != ":memory:":
-                Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+            try:
+                if self.path != ":memory:":
+                    Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+            except OSError as err:
+                raise ConfigError(f"cannot create warehouse {self.url}: {err.strerror}") from None
             try:
                 con = duckdb.connect(self.path)
             except duckdb.IOException as err:

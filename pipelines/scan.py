@@ -120,6 +120,22 @@ def config_json(cfg: ScanConfig) -> str:
     return json.dumps(redact_values(d), sort_keys=True, default=str)
 
 
+def check_local_out(out_uri: str, storage_options: dict[str, Any]) -> None:
+    """Make a local ``--out`` now, or fail in one line: found when the first face shard
+    is written, it would cost the decode before it. (A bucket is not probed: making a
+    prefix there may create the bucket.)"""
+    import fsspec
+    from fsspec.implementations.local import LocalFileSystem
+
+    fs, path = fsspec.core.url_to_fs(out_uri, **storage_options)
+    if not isinstance(fs, LocalFileSystem):
+        return
+    try:
+        fs.makedirs(path, exist_ok=True)
+    except OSError as err:
+        raise ConfigError(f"cannot write --out {out_uri}: {err.strerror or err}") from None
+
+
 def run_scan(
     cfg: ScanConfig,
     on_row: Callable[[VideoScan, int], None] | None = None,
@@ -134,6 +150,7 @@ def run_scan(
     warehouse.ensure_schema()
     listing = ListingReport()
     try:
+        check_local_out(cfg.out_uri, cfg.storage_options)
         model: ModelInfo = resolve_model(cfg)
         cfg = configure_for_model(cfg, model)
         files = list(

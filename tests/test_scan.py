@@ -263,6 +263,28 @@ def test_an_unknown_storage_scheme_is_one_line_before_any_work(capsys, tmp_path,
     assert not (tmp_path / "o").exists()
 
 
+@pytest.mark.parametrize("own_warehouse", [False, True])
+def test_an_out_that_cannot_be_made_is_one_line_before_any_decode(
+    capsys, tmp_path, tiny_checkpoint, own_warehouse
+):
+    (tmp_path / "a-file").write_bytes(b"x")
+    out = tmp_path / "a-file" / "out"  # under a regular file: no folder can be made there
+    wh = ["--warehouse", f"duckdb://{tmp_path}/wh.duckdb"] if own_warehouse else []
+    argv = ["scan", str(REAL_VIDEOS), "--out", str(out), "--model", str(tiny_checkpoint), *wh]
+    assert main(argv) == 2
+    what = f"--out {out}" if own_warehouse else f"warehouse duckdb://{out}/scans.duckdb"
+    verb = "write" if own_warehouse else "create"
+    assert capsys.readouterr().err == f"dfscan: error: cannot {verb} {what}: Not a directory\n"
+    if own_warehouse:  # refused before the run began: no run record, no row
+        con = duckdb.connect(str(tmp_path / "wh.duckdb"), read_only=True)
+        counts = [
+            con.execute(f"SELECT count(*) FROM {t}").fetchone()
+            for t in ("scan_runs", "video_scans")
+        ]
+        con.close()
+        assert counts == [(0,), (0,)]
+
+
 def test_results_command_lists_rows(real_scan, capsys):
     out, summary = real_scan
     assert (
