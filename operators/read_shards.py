@@ -243,6 +243,21 @@ def list_shards(faces_uri: str, storage_options: dict[str, Any] | None = None) -
     )
 
 
+def require_faces_root(faces_uri: str, storage_options: dict[str, Any] | None = None) -> None:
+    """Refuse a faces URI that names nothing: a mistyped path, not an empty data set
+    (every finished scan leaves at least its ``_runs`` record there)."""
+    from pipelines.config import ConfigError
+
+    fs, root = fsspec.core.url_to_fs(faces_uri, **(storage_options or {}))
+    try:
+        kind = fs.info(root).get("type")
+    except FileNotFoundError:
+        kind = None
+    if kind != "directory":
+        what = "nothing is there" if kind is None else "it is a file"
+        raise ConfigError(f"no face shards at {faces_uri}: {what} (give a scan's OUT/faces)")
+
+
 def committed_parts(
     faces_uri: str, storage_options: dict[str, Any] | None = None
 ) -> list[CommittedPart]:

@@ -230,6 +230,7 @@ def register(sub: Any) -> None:
 
 
 def build_rescore_config(args: argparse.Namespace) -> RescoreConfig:
+    from operators.read_shards import require_faces_root
     from pipelines.cli import _is_local, _local_path, _storage_options, default_warehouse
     from pipelines.cli import new_run_id as make_run_id
     from pipelines.scan import RUNNERS
@@ -249,6 +250,7 @@ def build_rescore_config(args: argparse.Namespace) -> RescoreConfig:
             raise ConfigError("--faces is not OUT/faces: pass --warehouse")
         warehouse = default_warehouse(faces[: -len("/faces")])
     batch_size, backend = scorer_settings(args)
+    require_faces_root(faces, _storage_options(args.storage_options))
     return RescoreConfig(
         faces_uri=faces,
         warehouse_url=warehouse,

@@ -24,7 +24,13 @@ from typing import Any
 
 import fsspec
 
-from operators.read_shards import CommittedPart, ShardListing, StoredFile, list_shards
+from operators.read_shards import (
+    CommittedPart,
+    ShardListing,
+    StoredFile,
+    list_shards,
+    require_faces_root,
+)
 
 # A writer moves a part into place and writes its record within seconds; an hour also
 # covers a slow object-store copy and clock skew between this machine and the store.
@@ -268,6 +274,7 @@ def run_shards_command(args: argparse.Namespace) -> int:
         fsspec.core.url_to_fs(args.faces, **opts)
     except TypeError as err:  # options the scheme's filesystem does not take
         raise ConfigError(f"cannot open {args.faces}: {err}") from None
+    require_faces_root(args.faces, opts)
     if args.action == "vacuum":
         _vacuum(args, opts)
     elif args.action == "ls":

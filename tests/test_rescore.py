@@ -291,3 +291,14 @@ def test_scan_with_model_a_then_rescore_with_model_b_gives_two_rows_per_video(
         )
         assert (b["width"], b["height"], b["uri"]) == (a["width"], a["height"], a["uri"])
         assert b["fake_probability"] != a["fake_probability"]  # another model's opinion
+
+
+def test_cli_rescore_of_faces_that_are_not_there_is_one_line(
+    tmp_path: Path, tiny_checkpoint: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    faces = tmp_path / "out" / "faces"  # a typo'd OUT: nothing to rescore, not "0 frames"
+    assert main(["rescore", "--faces", str(faces), "--model", str(tiny_checkpoint)]) == 2
+    assert capsys.readouterr().err == (
+        f"dfscan: error: no face shards at {faces}: nothing is there (give a scan's OUT/faces)\n"
+    )
+    assert not (tmp_path / "out").exists()  # no warehouse made beside nothing

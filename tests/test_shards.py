@@ -184,6 +184,23 @@ def test_an_empty_or_missing_dataset_is_zero_parts(tmp_path: Path) -> None:
     assert vacuum(str(tmp_path / "none")).deleted == []
 
 
+@pytest.mark.parametrize("action", ["ls", "stats", "vacuum"])
+def test_cli_refuses_a_faces_path_that_names_nothing_or_a_file(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], action: str
+) -> None:
+    # The library reads a missing folder as an empty data set; a typed argument that
+    # names nothing is a mistake to say, not "0 parts".
+    (tmp_path / "clip.mp4").write_bytes(b"x")
+    for given, why in (
+        (tmp_path / "none", "nothing is there"),
+        (tmp_path / "clip.mp4", "it is a file"),
+    ):
+        assert main(["shards", action, str(given)]) == 2
+        assert capsys.readouterr().err == (
+            f"dfscan: error: no face shards at {given}: {why} (give a scan's OUT/faces)\n"
+        )
+
+
 def test_cli_refuses_an_unknown_scheme_in_one_line(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["shards", "ls", "nosuchscheme://bucket/faces"]) == 2
     err = capsys.readouterr().err
