@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from pipelines.config import ConfigError
+from pipelines.limits_cli import _positive
 
 DEFAULT_COSTS = (
     Path(__file__).resolve().parent.parent / "benchmarks" / "results" / "throughput.json"
@@ -159,14 +160,16 @@ def plan(
 
 def register(sub: Any) -> None:
     p = sub.add_parser("plan", help="capacity plan from measured per-stage costs")
-    p.add_argument("--videos-per-day", type=int, required=True)
-    p.add_argument("--mean-duration", type=float, required=True, help="seconds per video")
+    p.add_argument("--videos-per-day", type=_positive(int), required=True)
+    p.add_argument(
+        "--mean-duration", type=_positive(float), required=True, help="seconds per video"
+    )
     p.add_argument(
         "--gpu-type",
         choices=sorted(GPU_FACES_PER_S),
         help="score on GPUs of this type (published throughput)",
     )
-    p.add_argument("--cores-per-node", type=int, default=16)
+    p.add_argument("--cores-per-node", type=_positive(int), default=16)
     p.add_argument("--costs", default=str(DEFAULT_COSTS), help="throughput.json from make bench")
     p.add_argument("--markdown", action="store_true", help="print as Markdown (docs/capacity.md)")
     p.set_defaults(func=run)
@@ -187,9 +190,16 @@ def render(args: argparse.Namespace, lines: list[tuple[str, str]], costs: Measur
 
 
 def run(args: argparse.Namespace) -> int:
-    if args.videos_per_day < 1 or args.mean_duration <= 0 or args.cores_per_node < 1:
-        raise ConfigError("--videos-per-day, --mean-duration and --cores-per-node must be > 0")
     costs = load_costs(Path(args.costs))
-    lines = plan(costs, args.videos_per_day, args.mean_duration, args.gpu_type, args.cores_per_node)
+    try:
+        lines = plan(
+            costs, args.videos_per_day, args.mean_duration, args.gpu_type, args.cores_per_node
+        )
+    except OverflowError:
+        # Each flag is finite and > 0, but their product can still pass a float's range.
+        raise ConfigError(
+            "too large to plan for (float overflow): check --videos-per-day, --mean-duration"
+            " and --cores-per-node"
+        ) from None
     print(render(args, lines, costs))
     return 0

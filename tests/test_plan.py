@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from pipelines.cli import main
 from pipelines.config import ConfigError
 from pipelines.plan import DEFAULT_COSTS, MeasuredCosts, load_costs, plan, render
 
@@ -69,3 +70,41 @@ def test_capacity_doc_is_the_plans_output_for_the_committed_measurements():
             str(DEFAULT_COSTS), "benchmarks/results/throughput.json"
         )
         assert rendered in doc
+
+
+def _cli_error(argv: list[str], capsys: pytest.CaptureFixture[str]) -> str:
+    """``dfscan plan ARGV``'s stderr, after asserting it is one line and exit 2."""
+    code: int | str | None
+    try:
+        code = main(["plan", *argv])
+    except SystemExit as exc:  # argparse's own usage errors exit from parse_args
+        code = exc.code
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert err.startswith("dfscan: error: ") and err.count("\n") == 1, err
+    return err
+
+
+@pytest.mark.parametrize(
+    "flag, value",
+    [
+        ("--mean-duration", "nan"),
+        ("--mean-duration", "inf"),
+        ("--mean-duration", "-inf"),
+        ("--mean-duration", "0"),
+        ("--videos-per-day", "0"),
+        ("--videos-per-day", "-5"),
+        ("--cores-per-node", "0"),
+    ],
+)
+def test_a_non_finite_or_non_positive_flag_is_an_argparse_error(
+    flag: str, value: str, capsys: pytest.CaptureFixture[str]
+):
+    argv = {"--videos-per-day": "1000", "--mean-duration": "30", flag: value}
+    err = _cli_error([f"{k}={v}" for k, v in argv.items()], capsys)
+    assert err == f"dfscan: error: argument {flag}: must be a finite number > 0, got {value}\n"
+
+
+def test_flags_too_large_for_a_float_are_one_line(capsys: pytest.CaptureFixture[str]):
+    err = _cli_error(["--videos-per-day", "1" + "0" * 400, "--mean-duration", "1e308"], capsys)
+    assert "too large to plan for" in err
