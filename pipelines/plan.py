@@ -12,6 +12,7 @@ every number can be checked by hand; ``docs/capacity.md`` is this command's outp
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 from dataclasses import dataclass
@@ -49,23 +50,65 @@ class MeasuredCosts:
 
 
 def load_costs(path: Path) -> MeasuredCosts:
+    """The measured costs in ``path``; a missing, unreadable or misshapen file is a
+    ``ConfigError`` that names the file and what is wrong with it."""
     try:
-        data: dict[str, Any] = json.loads(path.read_text())
+        data = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise ConfigError(f"no measured costs at {path}: run `make bench` first") from None
-    scans = [s for s in data["scans"] if s["runner"] == "local" and s["frames"] == "uniform:32"]
+    except (OSError, UnicodeDecodeError) as err:
+        raise ConfigError(f"cannot read measured costs {path}: {err}") from None
+    except json.JSONDecodeError as err:
+        raise ConfigError(f"{path} is not valid JSON: {err}") from None
+    if not isinstance(data, dict) or not isinstance(data.get("scans"), list):
+        raise ConfigError(
+            f'{path} has no "scans" list: not a throughput.json written by `make bench`'
+        )
+    scans = [
+        s
+        for s in data["scans"]
+        if isinstance(s, dict) and s.get("runner") == "local" and s.get("frames") == "uniform:32"
+    ]
     if not scans or not data.get("video_seconds"):
         raise ConfigError(f"{path} has no local uniform:32 scan with video_seconds")
-    scan, floors = scans[0], data["floors"]
+    scan, floors = scans[0], data.get("floors")
+    if not isinstance(floors, dict):
+        raise ConfigError(f'{path} has no "floors" object: rerun `make bench`')
+    local = "scans[local uniform:32]"
     return MeasuredCosts(
         # CPU seconds of the scan's decoder alone when measured (decode_s is wall time
         # inside workers that share the cores, an upper bound).
-        decode_s_per_video_s=scan.get("decode_cpu_s", scan["decode_s"]) / data["video_seconds"],
-        detect_s_per_frame=floors["detector_s_per_frame"],
-        faces_per_frame=scan["faces"] / max(1, scan["frames_n"]),
-        score_s_per_face=floors["scorer_s_per_face"],
+        decode_s_per_video_s=_cost(path, local, scan, "decode_cpu_s", "decode_s")
+        / _cost(path, "", data, "video_seconds"),
+        detect_s_per_frame=_cost(path, "floors", floors, "detector_s_per_frame"),
+        # A bench video may show no face: zero faces (and frames) are measurements too.
+        faces_per_frame=_cost(path, local, scan, "faces", zero_ok=True)
+        / max(1.0, _cost(path, local, scan, "frames_n", zero_ok=True)),
+        score_s_per_face=_cost(path, "floors", floors, "scorer_s_per_face"),
         source=_shown(path),
     )
+
+
+def _cost(path: Path, where: str, obj: dict[str, Any], *keys: str, zero_ok: bool = False) -> float:
+    """The first of ``keys`` present in ``obj`` (the part of the file at ``where``): a
+    finite number > 0, or >= 0 with ``zero_ok``."""
+
+    def name(key: str) -> str:
+        return f"{where}.{key}" if where else key
+
+    key = next((k for k in keys if k in obj), None)
+    if key is None:
+        raise ConfigError(f"{path} lacks {' or '.join(map(name, keys))}: rerun `make bench`")
+    value = obj[key]
+    number = math.nan  # bool is an int to Python, not a measurement
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        with contextlib.suppress(OverflowError):  # json reads ints of any size
+            number = float(value)  # and NaN and Infinity, which isfinite refuses
+    if not math.isfinite(number) or number < 0 or (number == 0 and not zero_ok):
+        bound = ">= 0" if zero_ok else "> 0"
+        got = repr(value) if len(repr(value)) <= 40 else repr(value)[:37] + "..."
+        raise ConfigError(f"{path}: {name(key)} must be a finite number {bound}, got {got}")
+    return number
 
 
 def _shown(path: Path) -> str:
