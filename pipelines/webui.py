@@ -980,7 +980,7 @@ def register(sub: Any) -> None:
         p.add_argument("--storage-options", help="JSON object passed to fsspec (e.g. endpoint)")
         if name == "ui":
             p.add_argument("--host", default="127.0.0.1", help="address to listen on")
-            p.add_argument("--port", type=int, default=8000)
+            p.add_argument("--port", type=_port, default=8000, help="0: any free port")
             p.set_defaults(func=run_ui_command)
         else:
             p.add_argument("--out", required=True, help="the HTML file to write")
@@ -1002,6 +1002,17 @@ def _browser(args: argparse.Namespace) -> ScanBrowser:
     url = args.warehouse or default_warehouse(DEFAULT_OUT)
     open_reader(url)  # a bad URL fails now, with one line
     return ScanBrowser(url, args.faces, _storage_options(args.storage_options))
+
+
+def _port(text: str) -> int:
+    """argparse type: a TCP port. 0 asks the OS for a free one; the banner shows which."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"must be within [0, 65535], got {text}")
+    return value
 
 
 def run_ui_command(args: argparse.Namespace) -> int:

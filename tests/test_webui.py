@@ -419,6 +419,18 @@ def test_report_command_writes_a_date_range(scanned: Scanned, tmp_path: Path) ->
     assert main([*args, "--out", str(out), "--run-id", "no-such-run"]) == 2
 
 
+# ---------------------------------------------------------------- `dfscan ui` flags
+@pytest.mark.parametrize("port", ["-1", "65536", "70000"])
+def test_a_port_outside_0_to_65535_is_an_argparse_error(
+    port: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exc:
+        main(["ui", "--port", port])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert err == f"dfscan: error: argument --port: must be within [0, 65535], got {port}\n"
+
+
 # ---------------------------------------------------------------- headless Chromium
 def _chromium() -> tuple[str, str]:
     chromium, driver = shutil.which("chromium"), shutil.which("chromedriver")
