@@ -7,21 +7,26 @@ Kept apart from ``cli.py`` so the limits have one home: every flag maps to one f
 from __future__ import annotations
 
 import argparse
+import math
 from typing import Any
 
 from pipelines.config import ConfigError, LimitsConfig
 
 
 def _positive(kind: type) -> Any:
-    """argparse type: a number > 0 (shared by every CLI module)."""
+    """argparse type: a finite number > 0 (shared by every CLI module).
+
+    ``float`` parses "nan" and "inf"; neither is a usable count, size or duration, and
+    nan slips past ``<= 0``, so both are refused here rather than deep in the arithmetic.
+    """
 
     def parse(text: str) -> Any:
         try:
             value = kind(text)
         except ValueError:
             raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-        if value <= 0:
-            raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
+        if (isinstance(value, float) and not math.isfinite(value)) or value <= 0:
+            raise argparse.ArgumentTypeError(f"must be a finite number > 0, got {text}")
         return value
 
     return parse

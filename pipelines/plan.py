@@ -12,6 +12,7 @@ every number can be checked by hand; ``docs/capacity.md`` is this command's outp
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 from dataclasses import dataclass
@@ -19,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from pipelines.config import ConfigError
+from pipelines.limits_cli import _positive
 
 DEFAULT_COSTS = (
     Path(__file__).resolve().parent.parent / "benchmarks" / "results" / "throughput.json"
@@ -48,23 +50,65 @@ class MeasuredCosts:
 
 
 def load_costs(path: Path) -> MeasuredCosts:
+    """The measured costs in ``path``; a missing, unreadable or misshapen file is a
+    ``ConfigError`` that names the file and what is wrong with it."""
     try:
-        data: dict[str, Any] = json.loads(path.read_text())
+        data = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise ConfigError(f"no measured costs at {path}: run `make bench` first") from None
-    scans = [s for s in data["scans"] if s["runner"] == "local" and s["frames"] == "uniform:32"]
+    except (OSError, UnicodeDecodeError) as err:
+        raise ConfigError(f"cannot read measured costs {path}: {err}") from None
+    except json.JSONDecodeError as err:
+        raise ConfigError(f"{path} is not valid JSON: {err}") from None
+    if not isinstance(data, dict) or not isinstance(data.get("scans"), list):
+        raise ConfigError(
+            f'{path} has no "scans" list: not a throughput.json written by `make bench`'
+        )
+    scans = [
+        s
+        for s in data["scans"]
+        if isinstance(s, dict) and s.get("runner") == "local" and s.get("frames") == "uniform:32"
+    ]
     if not scans or not data.get("video_seconds"):
         raise ConfigError(f"{path} has no local uniform:32 scan with video_seconds")
-    scan, floors = scans[0], data["floors"]
+    scan, floors = scans[0], data.get("floors")
+    if not isinstance(floors, dict):
+        raise ConfigError(f'{path} has no "floors" object: rerun `make bench`')
+    local = "scans[local uniform:32]"
     return MeasuredCosts(
         # CPU seconds of the scan's decoder alone when measured (decode_s is wall time
         # inside workers that share the cores, an upper bound).
-        decode_s_per_video_s=scan.get("decode_cpu_s", scan["decode_s"]) / data["video_seconds"],
-        detect_s_per_frame=floors["detector_s_per_frame"],
-        faces_per_frame=scan["faces"] / max(1, scan["frames_n"]),
-        score_s_per_face=floors["scorer_s_per_face"],
+        decode_s_per_video_s=_cost(path, local, scan, "decode_cpu_s", "decode_s")
+        / _cost(path, "", data, "video_seconds"),
+        detect_s_per_frame=_cost(path, "floors", floors, "detector_s_per_frame"),
+        # A bench video may show no face: zero faces (and frames) are measurements too.
+        faces_per_frame=_cost(path, local, scan, "faces", zero_ok=True)
+        / max(1.0, _cost(path, local, scan, "frames_n", zero_ok=True)),
+        score_s_per_face=_cost(path, "floors", floors, "scorer_s_per_face"),
         source=_shown(path),
     )
+
+
+def _cost(path: Path, where: str, obj: dict[str, Any], *keys: str, zero_ok: bool = False) -> float:
+    """The first of ``keys`` present in ``obj`` (the part of the file at ``where``): a
+    finite number > 0, or >= 0 with ``zero_ok``."""
+
+    def name(key: str) -> str:
+        return f"{where}.{key}" if where else key
+
+    key = next((k for k in keys if k in obj), None)
+    if key is None:
+        raise ConfigError(f"{path} lacks {' or '.join(map(name, keys))}: rerun `make bench`")
+    value = obj[key]
+    number = math.nan  # bool is an int to Python, not a measurement
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        with contextlib.suppress(OverflowError):  # json reads ints of any size
+            number = float(value)  # and NaN and Infinity, which isfinite refuses
+    if not math.isfinite(number) or number < 0 or (number == 0 and not zero_ok):
+        bound = ">= 0" if zero_ok else "> 0"
+        got = repr(value) if len(repr(value)) <= 40 else repr(value)[:37] + "..."
+        raise ConfigError(f"{path}: {name(key)} must be a finite number {bound}, got {got}")
+    return number
 
 
 def _shown(path: Path) -> str:
@@ -159,14 +203,16 @@ def plan(
 
 def register(sub: Any) -> None:
     p = sub.add_parser("plan", help="capacity plan from measured per-stage costs")
-    p.add_argument("--videos-per-day", type=int, required=True)
-    p.add_argument("--mean-duration", type=float, required=True, help="seconds per video")
+    p.add_argument("--videos-per-day", type=_positive(int), required=True)
+    p.add_argument(
+        "--mean-duration", type=_positive(float), required=True, help="seconds per video"
+    )
     p.add_argument(
         "--gpu-type",
         choices=sorted(GPU_FACES_PER_S),
         help="score on GPUs of this type (published throughput)",
     )
-    p.add_argument("--cores-per-node", type=int, default=16)
+    p.add_argument("--cores-per-node", type=_positive(int), default=16)
     p.add_argument("--costs", default=str(DEFAULT_COSTS), help="throughput.json from make bench")
     p.add_argument("--markdown", action="store_true", help="print as Markdown (docs/capacity.md)")
     p.set_defaults(func=run)
@@ -187,9 +233,16 @@ def render(args: argparse.Namespace, lines: list[tuple[str, str]], costs: Measur
 
 
 def run(args: argparse.Namespace) -> int:
-    if args.videos_per_day < 1 or args.mean_duration <= 0 or args.cores_per_node < 1:
-        raise ConfigError("--videos-per-day, --mean-duration and --cores-per-node must be > 0")
     costs = load_costs(Path(args.costs))
-    lines = plan(costs, args.videos_per_day, args.mean_duration, args.gpu_type, args.cores_per_node)
+    try:
+        lines = plan(
+            costs, args.videos_per_day, args.mean_duration, args.gpu_type, args.cores_per_node
+        )
+    except OverflowError:
+        # Each flag is finite and > 0, but their product can still pass a float's range.
+        raise ConfigError(
+            "too large to plan for (float overflow): check --videos-per-day, --mean-duration"
+            " and --cores-per-node"
+        ) from None
     print(render(args, lines, costs))
     return 0

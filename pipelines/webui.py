@@ -20,6 +20,7 @@ import functools
 import hashlib
 import json
 import math
+import socket
 import sys
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -980,7 +981,7 @@ def register(sub: Any) -> None:
         p.add_argument("--storage-options", help="JSON object passed to fsspec (e.g. endpoint)")
         if name == "ui":
             p.add_argument("--host", default="127.0.0.1", help="address to listen on")
-            p.add_argument("--port", type=int, default=8000)
+            p.add_argument("--port", type=_port, default=8000, help="0: any free port")
             p.set_defaults(func=run_ui_command)
         else:
             p.add_argument("--out", required=True, help="the HTML file to write")
@@ -1004,16 +1005,57 @@ def _browser(args: argparse.Namespace) -> ScanBrowser:
     return ScanBrowser(url, args.faces, _storage_options(args.storage_options))
 
 
+def _port(text: str) -> int:
+    """argparse type: a TCP port. 0 asks the OS for a free one; the banner shows which."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"must be within [0, 65535], got {text}")
+    return value
+
+
+def listen(host: str, port: int) -> socket.socket:
+    """A socket listening on ``host:port``, or a ConfigError that says why not.
+
+    Bound here, before the banner, because werkzeug reports a failed bind (an unknown
+    host, a port in use) as a bare strerror on stderr and exits 1.
+    """
+    from werkzeug.serving import LISTEN_QUEUE, get_sockaddr, select_address_family
+
+    family = select_address_family(host, port)  # werkzeug's: IPv4, IPv6 or unix://
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        if family in (socket.AF_INET, socket.AF_INET6):
+            # As http.server does: a restart need not wait for the old socket's TIME_WAIT.
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(get_sockaddr(host, port, family))
+        sock.listen(LISTEN_QUEUE)
+    except OSError as err:
+        sock.close()
+        raise ConfigError(f"cannot listen on {host}:{port}: {err.strerror or err}") from None
+    return sock
+
+
 def run_ui_command(args: argparse.Namespace) -> int:
-    from werkzeug.serving import run_simple
+    from werkzeug.serving import make_server
 
     browser = _browser(args)
     with browser.warehouse() as wh:
         wh.table_exists("video_scans")  # fail now, not on the first request
+    with listen(args.host, args.port) as sock:  # the server serves a duplicate of it
+        server = make_server(
+            args.host, args.port, create_app(browser), threaded=True, fd=sock.fileno()
+        )
     if args.host not in ("127.0.0.1", "localhost", "::1"):
         print(f"dfscan ui: listening on {args.host}: the UI has no login", file=sys.stderr)
-    print(f"dfscan ui: http://{args.host}:{args.port}/ (read-only; Ctrl-C stops)", file=sys.stderr)
-    run_simple(args.host, args.port, create_app(browser), threaded=True)
+    print(
+        f"dfscan ui: http://{args.host}:{server.port}/ (read-only; Ctrl-C stops)",
+        file=sys.stderr,
+    )
+    server.log_startup()
+    server.serve_forever()  # returns on Ctrl-C, and closes the socket
     return 0
 
 

@@ -14,6 +14,7 @@ import json
 import os
 import re
 import shutil
+import socket
 import tempfile
 import threading
 from collections.abc import Iterator
@@ -417,6 +418,57 @@ def test_report_command_writes_a_date_range(scanned: Scanned, tmp_path: Path) ->
     assert "&lt;script&gt;alert(&#34;uri&#34;)" in html and "<script" not in html
     assert main([*args, "--out", str(out), "--run-id", RUN_ID, "--since", today]) == 2
     assert main([*args, "--out", str(out), "--run-id", "no-such-run"]) == 2
+
+
+# ---------------------------------------------------------------- `dfscan ui` flags
+@pytest.fixture
+def empty_warehouse(tmp_path: Path) -> str:
+    """A DuckDB file with no scans yet: enough for `dfscan ui` to get as far as listening."""
+    import duckdb
+
+    duckdb.connect(str(tmp_path / "scans.duckdb")).close()
+    return f"duckdb://{tmp_path}/scans.duckdb"
+
+
+@pytest.mark.parametrize("port", ["-1", "65536", "70000"])
+def test_a_port_outside_0_to_65535_is_an_argparse_error(
+    port: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exc:
+        main(["ui", "--port", port])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert err == f"dfscan: error: argument --port: must be within [0, 65535], got {port}\n"
+
+
+def test_a_port_in_use_is_one_line_and_no_banner(
+    empty_warehouse: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        port = taken.getsockname()[1]
+        code = _exit_code(["ui", "--warehouse", empty_warehouse, "--port", str(port)])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert err == f"dfscan: error: cannot listen on 127.0.0.1:{port}: Address already in use\n"
+
+
+def test_a_host_it_cannot_listen_on_is_one_line_and_no_banner(
+    empty_warehouse: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # 192.0.2.1 is TEST-NET-1 (RFC 5737): on no interface, and no DNS lookup to wait for.
+    argv = ["ui", "--warehouse", empty_warehouse, "--host", "192.0.2.1", "--port", "8000"]
+    assert _exit_code(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("dfscan: error: cannot listen on 192.0.2.1:8000: ")
+    assert err.count("\n") == 1  # and no "dfscan ui: http://..." banner before it
+
+
+def _exit_code(argv: list[str]) -> int | str | None:
+    """`main`'s return, or the code werkzeug or argparse exits with."""
+    try:
+        return main(argv)
+    except SystemExit as exc:
+        return exc.code
 
 
 # ---------------------------------------------------------------- headless Chromium
