@@ -97,6 +97,24 @@ def add_limit_arguments(p: argparse.ArgumentParser) -> None:
     )
 
 
+def check_codecs(names: tuple[str, ...]) -> None:
+    """Each name must be a video codec id FFmpeg decodes, as the header check compares
+    them: a typo would otherwise turn every video of a run into an ``unsupported`` row."""
+    from av.codec import Codec
+
+    for name in names:
+        try:
+            codec = Codec(name, "r")
+        except ValueError:  # PyAV's UnknownCodecError
+            raise ConfigError(f"--codecs: {name!r} is not a codec FFmpeg can decode") from None
+        if codec.type != "video":
+            raise ConfigError(f"--codecs: {name!r} is not a video codec ({codec.type})")
+        if codec.canonical_name != name:
+            raise ConfigError(
+                f"--codecs: {name!r} is a decoder of {codec.canonical_name!r}: give the codec id"
+            )
+
+
 def limits_from_args(args: argparse.Namespace) -> LimitsConfig:
     from operators.list_videos import is_date_template, is_manifest, template_root
     from operators.uri_policy import UriPolicy, default_prefixes
@@ -104,6 +122,7 @@ def limits_from_args(args: argparse.Namespace) -> LimitsConfig:
     codecs = tuple(c.strip() for c in args.codecs.split(",") if c.strip())
     if not codecs:
         raise ConfigError("--codecs needs at least one codec name")
+    check_codecs(codecs)
     manifest = is_manifest(args.input)
     # A date-partitioned input's own prefix is the folder above its {date} field; each
     # day's prefix is checked against the policy when it is listed.

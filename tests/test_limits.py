@@ -15,7 +15,7 @@ import pytest
 import operators.decode_frames as decode_frames
 from operators.decode_frames import FrameDecoder
 from operators.errors import UnsupportedMedia, VideoError, VideoTooLarge
-from pipelines.cli import build_parser, build_scan_config
+from pipelines.cli import build_parser, build_scan_config, main
 from pipelines.config import LimitsConfig, SamplingConfig
 from tests.conftest import REAL_VIDEOS
 from tests.media import (
@@ -94,6 +94,23 @@ def test_the_cli_flags_set_every_limit(tiny_checkpoint: Path):
         isolate=False,
         allow_prefixes=("file:///",),
     )
+
+
+@pytest.mark.parametrize(
+    "codecs, message",
+    [
+        ("h264,bogus", "'bogus' is not a codec FFmpeg can decode"),
+        ("aac", "'aac' is not a video codec (audio)"),
+        ("libdav1d", "'libdav1d' is a decoder of 'av1': give the codec id"),
+    ],
+)
+def test_a_codec_list_the_header_check_could_never_match_is_one_line(
+    tiny_checkpoint: Path, capsys: pytest.CaptureFixture[str], codecs: str, message: str
+):
+    # Unchecked, a typo made every video of the run an `unsupported` row, and exit 0.
+    argv = ["scan", str(REAL_VIDEOS), "--model", str(tiny_checkpoint), "--codecs", codecs]
+    assert main(argv) == 2
+    assert capsys.readouterr().err == f"dfscan: error: --codecs: {message}\n"
 
 
 # --- a giant declared frame size never allocates -------------------------------------
