@@ -338,6 +338,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"dfscan: error: {err}", file=sys.stderr)
         return 1
     except _storage_errors() as err:
+        if type(err).__name__ == "NoCredentialsError":  # a setting, not an outage
+            print(
+                f"dfscan: error: {err}: set the AWS_* variables or --storage-options",
+                file=sys.stderr,
+            )
+            return 2
         # Storage or network failure that outlived the client's own retries: one line,
         # and a rerun resumes (committed work is skipped).
         print(f"dfscan: error: {type(err).__name__}: {err}", file=sys.stderr)

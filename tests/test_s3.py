@@ -13,6 +13,7 @@ import datetime as dt
 import hashlib
 import json
 import logging
+import os
 import shutil
 import signal
 import socket
@@ -311,6 +312,31 @@ def test_a_wrong_secret_is_refused_by_signature_check(seaweed) -> None:
     with pytest.raises(PermissionError, match="signature we calculated does not match"):
         _fs(wrong).ls("private")
     assert [f.uri for f in list_videos("s3://private/", seaweed)] == ["s3://private/v.mp4"]
+
+
+def test_no_credentials_at_all_is_one_line_that_says_where_to_set_them(
+    tmp_path: Path, tiny_checkpoint: Path
+) -> None:
+    # A fresh process: fsspec caches filesystems, botocore caches credentials.
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
+    env.update(
+        AWS_EC2_METADATA_DISABLED="true",  # no instance-metadata lookup (no network here)
+        AWS_SHARED_CREDENTIALS_FILE=str(tmp_path / "none"),
+        AWS_CONFIG_FILE=str(tmp_path / "none"),
+    )
+    argv = ["scan", "s3://uploads/nightly/", "--out", str(tmp_path / "out")]
+    done = subprocess.run(
+        [sys.executable, "-m", "pipelines.cli", *argv, "--model", str(tiny_checkpoint)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert (done.returncode, done.stderr) == (
+        2,
+        "dfscan: error: Unable to locate credentials: set the AWS_* variables or"
+        " --storage-options\n",
+    )
 
 
 UPLOADS = {
