@@ -71,10 +71,18 @@ class FaceSet:
         return data
 
     def images(self, faces: Sequence[LabelledFace], size: int) -> np.ndarray:
-        """uint8 RGB (N, size, size, 3) through ``decode_crops``, the scan's own decoder."""
-        from operators.score_faces import decode_crops
+        """uint8 RGB (N, size, size, 3) through ``decode_crops``, the scan's own decoder.
 
-        return decode_crops(self.jpegs(faces), size)
+        An image that does not decode is bad input, not a bug: a one-line ConfigError
+        naming it (checked as it is decoded, so no image is decoded twice).
+        """
+        from operators.score_faces import UndecodableCrop, decode_crops
+
+        try:
+            return decode_crops(self.jpegs(faces), size)
+        except UndecodableCrop as err:
+            where = self.reader.where(faces[err.index])
+            raise ConfigError(f"{where} is not a decodable JPEG ({err.size} bytes)") from None
 
     def data_hash(self, faces: Sequence[LabelledFace]) -> str:
         """sha256 over key, label, group and the bytes' sha256 of each face read so far.
@@ -109,6 +117,10 @@ class FaceSource(abc.ABC):
     @abc.abstractmethod
     def read(self, faces: Sequence[LabelledFace]) -> list[bytes]:
         """The JPEG bytes of ``faces``, in order."""
+
+    def where(self, face: LabelledFace) -> str:
+        """``face`` named for a person who must find and fix it."""
+        return f"face {face.key} of {self.root}"
 
 
 @dataclass(frozen=True)
@@ -171,6 +183,9 @@ class CropsFolder(FaceSource):
             except FileNotFoundError:
                 raise ConfigError(f"image listed in labels.csv is missing: {path}") from None
         return out
+
+    def where(self, face: LabelledFace) -> str:
+        return f"image {self.root / face.key}"
 
 
 def face_key(video_id: str, frame_index: int, track_id: int) -> str:

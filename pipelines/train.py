@@ -375,27 +375,29 @@ def load_data(cfg: TrainConfig, *, write_split: bool = True) -> TrainData:
 
     faceset = open_faces(cfg.data, size=cfg.image_size)
     train, val, how = split_faces(faceset, cfg)
+    split = {
+        "data": str(cfg.data),
+        "layout": faceset.layout,
+        "group": "source video: a fake's original, a real video itself",
+        "how": how,
+        "val_fraction": cfg.val_fraction,
+        "seed": cfg.seed,
+        "train": [f.key for f in train],
+        "val": [f.key for f in val],
+    }
+    if cfg.sbi == "only":
+        train = [f for f in train if not f.is_fake]  # fakes come from self-blending only
+    # Decoded before the split is written: an image that does not decode is a ConfigError
+    # that leaves no split file behind for a checkpoint that never comes.
+    x_train = faceset.images(train, cfg.image_size)
+    x_val = faceset.images(val, cfg.image_size)
     if write_split:
-        split = {
-            "data": str(cfg.data),
-            "layout": faceset.layout,
-            "group": "source video: a fake's original, a real video itself",
-            "how": how,
-            "val_fraction": cfg.val_fraction,
-            "seed": cfg.seed,
-            "train": [f.key for f in train],
-            "val": [f.key for f in val],
-        }
         fs, split_path = fsspec.core.url_to_fs(split_uri(cfg.out))
         parent = split_path.rsplit("/", 1)[0] if "/" in split_path else ""
         if parent:
             fs.makedirs(parent, exist_ok=True)
         with fs.open(split_path, "w") as f:
             json.dump(split, f, indent=1)
-    if cfg.sbi == "only":
-        train = [f for f in train if not f.is_fake]  # fakes come from self-blending only
-    x_train = faceset.images(train, cfg.image_size)
-    x_val = faceset.images(val, cfg.image_size)
     return TrainData(
         faceset=faceset,
         train=train,

@@ -14,6 +14,7 @@ from pipelines.config import AggregateConfig, ConfigError, shared_dir
 from pipelines.evaluate import video_scores
 from pipelines.graph import configure_for_model, resolve_model
 from pipelines.labelled_data import LabelledFace
+from tests.conftest import CropsFolder
 
 DATA = shared_dir() / "data" / "faces" / "dfdc224"
 VIDEOS = shared_dir() / "data" / "videos" / "face_crops"
@@ -150,3 +151,21 @@ def test_scan_takes_the_checkpoints_threshold_unless_one_is_given(
     assert resolved() == pytest.approx(threshold)
     assert resolved("--threshold", "0.7") == 0.7
     assert resolved(model=tiny_model) == 0.5  # uncalibrated: the old default
+
+
+@pytest.mark.parametrize("command", ["eval", "calibrate"])
+def test_undecodable_image_in_the_data_is_one_line_naming_the_file(
+    command: str,
+    tiny_checkpoint: Path,
+    crops_folder: CropsFolder,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    rows = [("r1", "REAL", ""), ("f1", "FAKE", "r1"), ("bad", "FAKE", "r1")]
+    data = crops_folder(rows, images={"bad": b"not a jpg"})
+    out = tmp_path / "out"
+    assert main([command, "--model", str(tiny_checkpoint), "--data", str(data), "--split", "all",
+                 "--out", str(out)]) == 2  # fmt: skip
+    err = capsys.readouterr().err
+    assert err == f"dfscan: error: image {data / 'bad.jpg'} is not a decodable JPEG (9 bytes)\n"
+    assert not out.exists()

@@ -13,7 +13,9 @@ from operators.models.checkpoints import load_checkpoint
 from operators.models.scorers import build_scorer
 from operators.score_faces import decode_crops
 from pipelines import train
+from pipelines.cli import main
 from pipelines.config import ConfigError, shared_dir
+from tests.conftest import CropRow, CropsFolder
 
 DATA = shared_dir() / "data" / "faces" / "dfdc224"
 
@@ -118,6 +120,28 @@ def test_data_folder_without_labels_is_a_config_error(tmp_path: Path) -> None:
     args = _args("--data", str(tmp_path), "--out", str(tmp_path / "x.pt"))
     with pytest.raises(ConfigError, match="has no labels.csv"):
         args.func(args)
+
+
+# Four real videos, a fake made from r1: groups r1 (both classes), r2, r3, r4 (REAL).
+PAIR_AND_REALS: list[CropRow] = [
+    *((f"r{i}", "REAL", "") for i in range(1, 5)),
+    ("f1", "FAKE", "r1"),
+]
+QUICK = ("--pretrained", "none", "--epochs", "1", "--batch-size", "2", "--image-size", "32",
+         "--num-threads", "1", "--max-minutes", "0.2")  # fmt: skip
+
+
+def test_undecodable_image_is_one_line_naming_the_file_and_leaves_nothing_behind(
+    crops_folder: CropsFolder, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    data = crops_folder([*PAIR_AND_REALS, ("bad", "REAL", "")], images={"bad": b"\xff" * 8})
+    out = tmp_path / "m.pt"
+    assert main(["train", "--data", str(data), "--out", str(out), *QUICK]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    last = err.splitlines()[-1]  # a warning about this tiny split may come first
+    assert last == f"dfscan: error: image {data / 'bad.jpg'} is not a decodable JPEG (8 bytes)"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["crops"]  # no model, no split
 
 
 def test_learning_rate_warms_up_then_anneals_to_near_zero() -> None:
