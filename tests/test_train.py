@@ -15,6 +15,7 @@ from operators.score_faces import decode_crops
 from pipelines import train
 from pipelines.cli import main
 from pipelines.config import ConfigError, shared_dir
+from pipelines.labelled_data import LabelledFace
 from tests.conftest import CropRow, CropsFolder
 
 DATA = shared_dir() / "data" / "faces" / "dfdc224"
@@ -142,6 +143,64 @@ def test_undecodable_image_is_one_line_naming_the_file_and_leaves_nothing_behind
     last = err.splitlines()[-1]  # a warning about this tiny split may come first
     assert last == f"dfscan: error: image {data / 'bad.jpg'} is not a decodable JPEG (8 bytes)"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["crops"]  # no model, no split
+
+
+@pytest.mark.parametrize(
+    ("rows", "flags", "message"),
+    [
+        (PAIR_AND_REALS[:4], (), "training needs both REAL and FAKE faces: --data {data} has"
+         " only REAL faces (4)"),
+        ([("f1", "FAKE", "r1"), ("f2", "FAKE", "r2")], ("--sbi",), "training needs REAL faces"
+         " to self-blend: --data {data} has only FAKE faces (2)"),
+    ],
+)  # fmt: skip
+def test_data_of_one_class_is_refused_before_training(
+    rows: list[CropRow],
+    flags: tuple[str, ...],
+    message: str,
+    crops_folder: CropsFolder,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    def no_fit(*a: object, **k: object) -> None:
+        raise AssertionError("training started")
+
+    monkeypatch.setattr(train, "fit", no_fit)
+    data = crops_folder(rows)
+    out = tmp_path / "m.pt"
+    assert main(["train", "--data", str(data), "--out", str(out), *QUICK, *flags]) == 2
+    assert capsys.readouterr().err == f"dfscan: error: {message.format(data=data)}\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["crops"]  # no model, no split
+
+
+def test_a_split_side_with_one_class_fails_for_train_and_warns_for_val(
+    crops_folder: CropsFolder, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from pipelines.labelled_data import open_faces
+
+    data = crops_folder(PAIR_AND_REALS)
+    faceset = open_faces(data)
+
+    def split(seed: int, *flags: str) -> tuple[list[LabelledFace], list[LabelledFace], str]:
+        args = _args("--data", str(data), "--out", "x.pt", "--val-fraction", "0.25",
+                     "--seed", str(seed), *flags)  # fmt: skip
+        return train.split_faces(faceset, train.build_config(args))
+
+    # Seed 0 holds out r3 alone: val has no fake, so val AUC cannot be computed.
+    tr, va, how = split(0)
+    assert [f.key for f in va] == ["r3.jpg"] and any(f.is_fake for f in tr)
+    err = capsys.readouterr().err
+    assert err.startswith(
+        f"dfscan: warning: the val side of the {how} has only REAL faces (1): val_auc will be nan"
+    )
+    assert err.count("\n") == 1
+    # Seed 4 holds out the pair: train has no fake to learn from.
+    with pytest.raises(ConfigError, match=r"the train side of .* has only REAL faces \(3\)"):
+        split(4)
+    # ... unless fakes are self-blended from its reals.
+    tr, _, _ = split(4, "--sbi", "only")
+    assert len(tr) == 3
 
 
 def test_learning_rate_warms_up_then_anneals_to_near_zero() -> None:
