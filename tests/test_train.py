@@ -19,6 +19,7 @@ from pipelines.labelled_data import LabelledFace
 from tests.conftest import CropRow, CropsFolder
 
 DATA = shared_dir() / "data" / "faces" / "dfdc224"
+MOBILENET = shared_dir() / train.MOBILENET_IMAGENET
 
 
 def _args(*argv: str) -> argparse.Namespace:
@@ -115,6 +116,31 @@ def test_bad_arguments_raise_one_line_config_errors(
         args.func(args)
     assert "\n" not in str(err.value)
     assert not (tmp_path / "x.pt").exists()
+
+
+class _NotATensor:
+    """Any class outside torch's weights-only allow-list."""
+
+
+def test_unreadable_pretrained_weights_are_one_clear_line_without_torchs_advice(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import torch
+
+    pickled = tmp_path / "pickled.pth"
+    torch.save({"features.0.weight": _NotATensor()}, pickled)
+    cut = tmp_path / "cut.pth"
+    cut.write_bytes(MOBILENET.read_bytes()[:4096])
+    for path, reason in [
+        (pickled, f"holds a pickled {__name__}._NotATensor, not only tensors"),
+        (cut, "file ends early"),  # torchvision's file is torch's legacy (non-zip) format
+    ]:
+        argv = ["train", "--data", str(DATA), "--out", str(tmp_path / "x.pt"), "--pretrained"]
+        assert main([*argv, str(path)]) == 2
+        assert capsys.readouterr().err == (
+            f"dfscan: error: pretrained weights {path} cannot be read: not a torch state dict"
+            f" ({reason})\n"
+        )
 
 
 def test_data_folder_without_labels_is_a_config_error(tmp_path: Path) -> None:
