@@ -324,15 +324,43 @@ def open_faces(data: str | Path, size: int | None = None) -> FaceSet:
     raise ConfigError(f"--data {root} has no labels.csv, {DATASET_MANIFEST} or FAKE/ REAL/ folders")
 
 
-def read_split(uri: str) -> dict[str, list[str]]:
-    """A split file written beside a checkpoint: {"train": [keys], "val": [keys], ...}."""
+def split_candidates(uri: str, checkpoint: str | None = None) -> list[str]:
+    """Where the split file a checkpoint names may be, most trustworthy first.
+
+    Training records the path it wrote (``<--out>.split.json``), relative to the folder
+    it ran in when ``--out`` was relative, so from any other folder that path is wrong.
+    The file sits beside the checkpoint, so look there too, by the recorded name (a
+    calibrated copy keeps its original's split) and by ``<checkpoint>.split.json``. A
+    relative path is tried beside the checkpoint first: the same relative path from
+    another folder may name another run's split. A URI or an absolute path is tried
+    as recorded first.
+    """
+    if not checkpoint:
+        return [uri]
+    folder, _, _ = checkpoint.rpartition("/")
+    name = uri.rpartition("/")[2]
+    beside = [f"{folder}/{name}" if folder else name, f"{checkpoint}.split.json"]
+    recorded_first = "://" in uri or Path(uri).is_absolute()
+    ordered = [uri, *beside] if recorded_first else [*beside, uri]
+    return list(dict.fromkeys(ordered))
+
+
+def read_split(uri: str, checkpoint: str | None = None) -> dict[str, list[str]]:
+    """A split file written beside a checkpoint: {"train": [keys], "val": [keys], ...}.
+
+    ``uri`` as the checkpoint records it; with ``checkpoint``, also looked up beside it
+    (``split_candidates``). Not found anywhere is a one-line ConfigError.
+    """
     import fsspec
 
-    try:
-        with fsspec.open(uri, "r") as f:
-            split = json.load(f)
-    except FileNotFoundError:
-        raise ConfigError(f"split file not found: {uri}") from None
-    if not isinstance(split, dict) or not isinstance(split.get("val"), list):
-        raise ConfigError(f"split file {uri} has no 'val' list")
-    return split
+    for candidate in split_candidates(uri, checkpoint):
+        try:
+            with fsspec.open(candidate, "r") as f:
+                split = json.load(f)
+        except FileNotFoundError:
+            continue
+        if not isinstance(split, dict) or not isinstance(split.get("val"), list):
+            raise ConfigError(f"split file {candidate} has no 'val' list")
+        return split
+    where = f" (nor beside the checkpoint {checkpoint})" if checkpoint else ""
+    raise ConfigError(f"split file not found: {uri}{where}")
