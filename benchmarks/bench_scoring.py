@@ -107,7 +107,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         base = scorers[BASELINE]
         meta = base.meta
         faceset = open_faces(args.data, size=meta.input_size)
-        faces = select_split(faceset, meta.extra, args.split)
+        faces = select_split(faceset, meta.extra, args.split, args.model)
         images = faceset.images(faces, meta.input_size)
         print(
             f"{base.model_version} on {len(faces)} {args.split} crops of {args.data}, "

@@ -22,17 +22,28 @@ from pipelines.config import ConfigError, ScorerConfig
 from schemas.records import ScoredVideo, VideoFaces
 
 
+class UndecodableCrop(ValueError):
+    """A face crop whose bytes do not decode; ``index`` is its position in the call."""
+
+    def __init__(self, index: int, size: int) -> None:
+        super().__init__(f"face crop {index} is not a decodable JPEG ({size} bytes)")
+        self.index = index
+        self.size = size
+
+
 def decode_crops(jpegs: Sequence[bytes], size: int) -> np.ndarray:
     """JPEG face crops -> uint8 RGB (N, size, size, 3), resized with INTER_AREA when needed.
 
     Shared by scoring, training and the Beam ModelHandler so all three see identical
-    pixels. A crop that does not decode is a bug upstream (we wrote it), so it raises.
+    pixels. A crop that does not decode is a bug upstream (we wrote it), so it raises;
+    labelled data (someone else's files) turns ``UndecodableCrop`` into a ConfigError
+    that names the file.
     """
     out = np.empty((len(jpegs), size, size, 3), dtype=np.uint8)
     for i, jpeg in enumerate(jpegs):
         img = cv2.imdecode(np.frombuffer(jpeg, dtype=np.uint8), cv2.IMREAD_COLOR)
         if img is None:
-            raise ValueError(f"face crop {i} is not a decodable JPEG ({len(jpeg)} bytes)")
+            raise UndecodableCrop(i, len(jpeg))
         if img.shape[0] != size or img.shape[1] != size:
             img = cv2.resize(img, (size, size), interpolation=cv2.INTER_AREA)
         cv2.cvtColor(img, cv2.COLOR_BGR2RGB, dst=out[i])

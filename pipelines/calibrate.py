@@ -56,7 +56,7 @@ def calibrate(cfg: CalibrateConfig) -> dict[str, Any]:
     scorer = scorer_class(raw_meta.arch)(cfg.model, cfg.device, cfg.num_threads)
     scorer.load(raw)
     faceset = open_faces(cfg.data, size=raw_meta.input_size)
-    faces = select_split(faceset, raw_meta.extra, cfg.split)
+    faces = select_split(faceset, raw_meta.extra, cfg.split, cfg.model)
     scored = score(scorer, faceset, faces, cfg.batch_size)
     if len(np.unique(scored.labels)) < 2:
         raise ConfigError("calibration needs both REAL and FAKE faces in the chosen split")

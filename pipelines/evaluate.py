@@ -56,8 +56,11 @@ class Scored:
     labels: np.ndarray
 
 
-def select_split(faceset: FaceSet, checkpoint_extra: dict[str, str], split: str) -> list[Any]:
-    """The faces of ``split``: all of them, or those the checkpoint's split file names."""
+def select_split(
+    faceset: FaceSet, checkpoint_extra: dict[str, str], split: str, checkpoint: str | None = None
+) -> list[Any]:
+    """The faces of ``split``: all of them, or those the checkpoint's split file names
+    (found as recorded or beside ``checkpoint``, the model's path or URI)."""
     from pipelines.labelled_data import read_split
 
     if split not in SPLITS:
@@ -67,7 +70,7 @@ def select_split(faceset: FaceSet, checkpoint_extra: dict[str, str], split: str)
     uri = checkpoint_extra.get("split")
     if not uri:
         raise ConfigError("the checkpoint names no split file: use --split all")
-    keys = set(read_split(uri).get(split) or [])
+    keys = set(read_split(uri, checkpoint).get(split) or [])
     chosen = [f for f in faceset.faces if f.key in keys]
     if not chosen:
         raise ConfigError(
@@ -186,7 +189,7 @@ def evaluate(cfg: EvalConfig) -> dict[str, Any]:
     )
     meta = scorer.meta
     faceset = open_faces(cfg.data, size=meta.input_size)
-    faces = select_split(faceset, meta.extra, cfg.split)
+    faces = select_split(faceset, meta.extra, cfg.split, cfg.model)
     threshold = cfg.threshold if cfg.threshold is not None else (meta.threshold or 0.5)
     scored = score(scorer, faceset, faces, cfg.batch_size)
     agg = AggregateConfig(rule=cfg.rule, threshold=threshold)

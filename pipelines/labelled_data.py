@@ -71,10 +71,18 @@ class FaceSet:
         return data
 
     def images(self, faces: Sequence[LabelledFace], size: int) -> np.ndarray:
-        """uint8 RGB (N, size, size, 3) through ``decode_crops``, the scan's own decoder."""
-        from operators.score_faces import decode_crops
+        """uint8 RGB (N, size, size, 3) through ``decode_crops``, the scan's own decoder.
 
-        return decode_crops(self.jpegs(faces), size)
+        An image that does not decode is bad input, not a bug: a one-line ConfigError
+        naming it (checked as it is decoded, so no image is decoded twice).
+        """
+        from operators.score_faces import UndecodableCrop, decode_crops
+
+        try:
+            return decode_crops(self.jpegs(faces), size)
+        except UndecodableCrop as err:
+            where = self.reader.where(faces[err.index])
+            raise ConfigError(f"{where} is not a decodable JPEG ({err.size} bytes)") from None
 
     def data_hash(self, faces: Sequence[LabelledFace]) -> str:
         """sha256 over key, label, group and the bytes' sha256 of each face read so far.
@@ -109,6 +117,10 @@ class FaceSource(abc.ABC):
     @abc.abstractmethod
     def read(self, faces: Sequence[LabelledFace]) -> list[bytes]:
         """The JPEG bytes of ``faces``, in order."""
+
+    def where(self, face: LabelledFace) -> str:
+        """``face`` named for a person who must find and fix it."""
+        return f"face {face.key} of {self.root}"
 
 
 @dataclass(frozen=True)
@@ -171,6 +183,9 @@ class CropsFolder(FaceSource):
             except FileNotFoundError:
                 raise ConfigError(f"image listed in labels.csv is missing: {path}") from None
         return out
+
+    def where(self, face: LabelledFace) -> str:
+        return f"image {self.root / face.key}"
 
 
 def face_key(video_id: str, frame_index: int, track_id: int) -> str:
@@ -309,15 +324,43 @@ def open_faces(data: str | Path, size: int | None = None) -> FaceSet:
     raise ConfigError(f"--data {root} has no labels.csv, {DATASET_MANIFEST} or FAKE/ REAL/ folders")
 
 
-def read_split(uri: str) -> dict[str, list[str]]:
-    """A split file written beside a checkpoint: {"train": [keys], "val": [keys], ...}."""
+def split_candidates(uri: str, checkpoint: str | None = None) -> list[str]:
+    """Where the split file a checkpoint names may be, most trustworthy first.
+
+    Training records the path it wrote (``<--out>.split.json``), relative to the folder
+    it ran in when ``--out`` was relative, so from any other folder that path is wrong.
+    The file sits beside the checkpoint, so look there too, by the recorded name (a
+    calibrated copy keeps its original's split) and by ``<checkpoint>.split.json``. A
+    relative path is tried beside the checkpoint first: the same relative path from
+    another folder may name another run's split. A URI or an absolute path is tried
+    as recorded first.
+    """
+    if not checkpoint:
+        return [uri]
+    folder, _, _ = checkpoint.rpartition("/")
+    name = uri.rpartition("/")[2]
+    beside = [f"{folder}/{name}" if folder else name, f"{checkpoint}.split.json"]
+    recorded_first = "://" in uri or Path(uri).is_absolute()
+    ordered = [uri, *beside] if recorded_first else [*beside, uri]
+    return list(dict.fromkeys(ordered))
+
+
+def read_split(uri: str, checkpoint: str | None = None) -> dict[str, list[str]]:
+    """A split file written beside a checkpoint: {"train": [keys], "val": [keys], ...}.
+
+    ``uri`` as the checkpoint records it; with ``checkpoint``, also looked up beside it
+    (``split_candidates``). Not found anywhere is a one-line ConfigError.
+    """
     import fsspec
 
-    try:
-        with fsspec.open(uri, "r") as f:
-            split = json.load(f)
-    except FileNotFoundError:
-        raise ConfigError(f"split file not found: {uri}") from None
-    if not isinstance(split, dict) or not isinstance(split.get("val"), list):
-        raise ConfigError(f"split file {uri} has no 'val' list")
-    return split
+    for candidate in split_candidates(uri, checkpoint):
+        try:
+            with fsspec.open(candidate, "r") as f:
+                split = json.load(f)
+        except FileNotFoundError:
+            continue
+        if not isinstance(split, dict) or not isinstance(split.get("val"), list):
+            raise ConfigError(f"split file {candidate} has no 'val' list")
+        return split
+    where = f" (nor beside the checkpoint {checkpoint})" if checkpoint else ""
+    raise ConfigError(f"split file not found: {uri}{where}")

@@ -354,16 +354,57 @@ class TrainData:
 def split_faces(
     faceset: FaceSet, cfg: TrainConfig
 ) -> tuple[list[LabelledFace], list[LabelledFace], str]:
-    """The saved split of a built data set, else a fresh split by source video."""
+    """The saved split of a built data set, else a fresh split by source video.
+
+    Both classes must be there to train on (before any image is decoded): a model fitted
+    to one class learns a constant, and its val AUC is undefined.
+    """
     faces = limit_rows(list(faceset.faces), cfg.limit, cfg.seed)
+    limited = f" (after --limit {cfg.limit})" if len(faces) < len(faceset.faces) else ""
+    if not _trainable(faces, cfg.sbi):
+        need = "both REAL and FAKE faces" if cfg.sbi == "off" else "REAL faces to self-blend"
+        raise ConfigError(
+            f"training needs {need}: --data {faceset.root} has {_classes(faces)}{limited}"
+        )
     if faces and all(f.split for f in faces):
         train = [f for f in faces if f.split == "train"]
         val = [f for f in faces if f.split == "val"]
         if not train or not val:
             raise ConfigError(f"data set {faceset.root} has an empty train or val split")
-        return train, val, "the data set's saved split (by source video)"
-    train, val = split_by_source(faces, cfg.val_fraction, cfg.seed)
-    return train, val, f"split by source video (seed {cfg.seed}, val {cfg.val_fraction:g})"
+        how, fix = "the data set's saved split (by source video)", "rebuild it with another --seed"
+    else:
+        train, val = split_by_source(faces, cfg.val_fraction, cfg.seed)
+        how = f"split by source video (seed {cfg.seed}, val {cfg.val_fraction:g})"
+        fix = "try another --seed or --val-fraction, or more data"
+    if not _trainable(train, cfg.sbi):
+        raise ConfigError(f"the train side of the {how} has {_classes(train)}: {fix}")
+    if len({f.is_fake for f in val}) < 2:
+        # Not fatal (the model can still be fine), but every number that picks or grades
+        # it is: val AUC is NaN, and early stopping and the best epoch cannot use it.
+        print(
+            f"dfscan: warning: the val side of the {how} has {_classes(val)}: val_auc will"
+            f" be nan and cannot grade the model or choose its best epoch; {fix}",
+            file=sys.stderr,
+            flush=True,
+        )
+    return train, val, how
+
+
+def _trainable(faces: Sequence[LabelledFace], sbi: str) -> bool:
+    """Both classes to fit on: REAL faces, and FAKE ones or self-blended fakes made from them."""
+    real = any(not f.is_fake for f in faces)
+    return real and (sbi != "off" or any(f.is_fake for f in faces))
+
+
+def _classes(faces: Sequence[LabelledFace]) -> str:
+    """'only REAL faces (12)' / 'no faces' / '3 REAL and 4 FAKE faces'."""
+    fake = sum(f.is_fake for f in faces)
+    real = len(faces) - fake
+    if not faces:
+        return "no faces"
+    if not fake or not real:
+        return f"only {'REAL' if fake == 0 else 'FAKE'} faces ({len(faces)})"
+    return f"{real} REAL and {fake} FAKE faces"
 
 
 def load_data(cfg: TrainConfig, *, write_split: bool = True) -> TrainData:
@@ -375,27 +416,29 @@ def load_data(cfg: TrainConfig, *, write_split: bool = True) -> TrainData:
 
     faceset = open_faces(cfg.data, size=cfg.image_size)
     train, val, how = split_faces(faceset, cfg)
+    split = {
+        "data": str(cfg.data),
+        "layout": faceset.layout,
+        "group": "source video: a fake's original, a real video itself",
+        "how": how,
+        "val_fraction": cfg.val_fraction,
+        "seed": cfg.seed,
+        "train": [f.key for f in train],
+        "val": [f.key for f in val],
+    }
+    if cfg.sbi == "only":
+        train = [f for f in train if not f.is_fake]  # fakes come from self-blending only
+    # Decoded before the split is written: an image that does not decode is a ConfigError
+    # that leaves no split file behind for a checkpoint that never comes.
+    x_train = faceset.images(train, cfg.image_size)
+    x_val = faceset.images(val, cfg.image_size)
     if write_split:
-        split = {
-            "data": str(cfg.data),
-            "layout": faceset.layout,
-            "group": "source video: a fake's original, a real video itself",
-            "how": how,
-            "val_fraction": cfg.val_fraction,
-            "seed": cfg.seed,
-            "train": [f.key for f in train],
-            "val": [f.key for f in val],
-        }
         fs, split_path = fsspec.core.url_to_fs(split_uri(cfg.out))
         parent = split_path.rsplit("/", 1)[0] if "/" in split_path else ""
         if parent:
             fs.makedirs(parent, exist_ok=True)
         with fs.open(split_path, "w") as f:
             json.dump(split, f, indent=1)
-    if cfg.sbi == "only":
-        train = [f for f in train if not f.is_fake]  # fakes come from self-blending only
-    x_train = faceset.images(train, cfg.image_size)
-    x_val = faceset.images(val, cfg.image_size)
     return TrainData(
         faceset=faceset,
         train=train,

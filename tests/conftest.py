@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import cv2
@@ -57,6 +57,38 @@ def obama_rgb() -> np.ndarray:
     h, w = img.shape[:2]
     img = cv2.resize(img, (int(w * 160 / h), 160))
     return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
+
+
+# One face of labelled crops: (video name, REAL/FAKE, original). Its image is
+# ``<video>.jpg``: a real DFDC crop, or the bytes given for that video.
+CropRow = tuple[str, str, str]
+CropsFolder = Callable[..., Path]
+
+
+@pytest.fixture
+def crops_folder(tmp_path: Path) -> CropsFolder:
+    """Build a small ``labels.csv`` crops folder (the dfdc224 layout) under tmp_path:
+    ``crops_folder(rows, images={video: bytes})``. Every image not given is a copy of one
+    DFDC crop, so loading is real and fast; the labels are what the test says."""
+    import csv
+
+    face = SHARED / "data" / "faces" / "dfdc224" / "faces_224" / "tkrworlkkq.jpg"
+
+    def build(rows: list[CropRow], images: dict[str, bytes] | None = None) -> Path:
+        root = tmp_path / "crops"
+        root.mkdir()
+        with (root / "labels.csv").open("w", newline="") as f:
+            writer = csv.writer(f)
+            writer.writerow(["image", "videoname", "label", "original"])
+            for video, label, original in rows:
+                writer.writerow(
+                    [f"{video}.jpg", f"{video}.mp4", label, original and f"{original}.mp4"]
+                )
+                data = (images or {}).get(video)
+                (root / f"{video}.jpg").write_bytes(face.read_bytes() if data is None else data)
+        return root
+
+    return build
 
 
 @pytest.fixture(scope="session")

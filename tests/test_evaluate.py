@@ -13,7 +13,8 @@ from pipelines.cli import build_parser, build_scan_config, main
 from pipelines.config import AggregateConfig, ConfigError, shared_dir
 from pipelines.evaluate import video_scores
 from pipelines.graph import configure_for_model, resolve_model
-from pipelines.labelled_data import LabelledFace
+from pipelines.labelled_data import LabelledFace, split_candidates
+from tests.conftest import CropsFolder
 
 DATA = shared_dir() / "data" / "faces" / "dfdc224"
 VIDEOS = shared_dir() / "data" / "videos" / "face_crops"
@@ -150,3 +151,99 @@ def test_scan_takes_the_checkpoints_threshold_unless_one_is_given(
     assert resolved() == pytest.approx(threshold)
     assert resolved("--threshold", "0.7") == 0.7
     assert resolved(model=tiny_model) == 0.5  # uncalibrated: the old default
+
+
+@pytest.mark.parametrize("command", ["eval", "calibrate"])
+def test_undecodable_image_in_the_data_is_one_line_naming_the_file(
+    command: str,
+    tiny_checkpoint: Path,
+    crops_folder: CropsFolder,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    rows = [("r1", "REAL", ""), ("f1", "FAKE", "r1"), ("bad", "FAKE", "r1")]
+    data = crops_folder(rows, images={"bad": b"not a jpg"})
+    out = tmp_path / "out"
+    assert main([command, "--model", str(tiny_checkpoint), "--data", str(data), "--split", "all",
+                 "--out", str(out)]) == 2  # fmt: skip
+    err = capsys.readouterr().err
+    assert err == f"dfscan: error: image {data / 'bad.jpg'} is not a decodable JPEG (9 bytes)\n"
+    assert not out.exists()
+
+
+def _with_split(tiny_checkpoint: Path, model: str, recorded: str, val: list[str]) -> None:
+    """Save the tiny checkpoint at ``model`` recording split path ``recorded`` (as training
+    does, relative to the folder it ran in), and write the split beside it."""
+    import dataclasses
+
+    import fsspec
+
+    from operators.models.checkpoints import save_checkpoint
+
+    ckpt = load_checkpoint(str(tiny_checkpoint))
+    meta = dataclasses.replace(ckpt.meta, extra={**ckpt.meta.extra, "split": recorded})
+    save_checkpoint(ckpt.state_dict, meta, model)
+    with fsspec.open(f"{model}.split.json", "w") as f:
+        json.dump({"train": [], "val": val}, f)
+
+
+@pytest.mark.parametrize("where", ["local", "memory"])
+def test_a_relative_split_path_is_found_beside_the_checkpoint_from_any_folder(
+    where: str,
+    tiny_checkpoint: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    import fsspec
+
+    from pipelines.train import read_labels
+
+    rows = read_labels(DATA)
+    val = [r.image for r in rows if not r.is_fake][:3] + [r.image for r in rows if r.is_fake][:3]
+    model = (
+        str(tmp_path / "artifacts" / "tiny.pt") if where == "local" else "memory://ckpts/tiny.pt"
+    )
+    _with_split(tiny_checkpoint, model, "artifacts/tiny.pt.split.json", val)
+    # Another folder with its own artifacts/tiny.pt.split.json (another run's): the file
+    # beside the checkpoint wins over the same relative path from here.
+    elsewhere = tmp_path / "elsewhere"
+    (elsewhere / "artifacts").mkdir(parents=True)
+    other = {"train": [], "val": [r.image for r in rows[100:102]]}
+    (elsewhere / "artifacts" / "tiny.pt.split.json").write_text(json.dumps(other))
+    monkeypatch.chdir(elsewhere)
+    try:
+        out = tmp_path / "report"
+        assert main(["eval", "--model", model, "--data", str(DATA), "--split", "val",
+                     "--out", str(out), "--no-plots"]) == 0  # fmt: skip
+        assert json.loads((out / "metrics.json").read_text())["frame"]["n"] == 6
+        calibrated = tmp_path / "calibrated.pt"
+        assert main(["calibrate", "--model", model, "--data", str(DATA),
+                     "--out", str(calibrated)]) == 0  # fmt: skip
+        assert "on 6 faces" in capsys.readouterr().out
+        # Neither beside the checkpoint nor from here: the error stays, one line.
+        fsspec.filesystem("memory" if where == "memory" else "file").rm(f"{model}.split.json")
+        (elsewhere / "artifacts" / "tiny.pt.split.json").unlink()
+        assert main(["eval", "--model", model, "--data", str(DATA), "--split", "val",
+                     "--out", str(out)]) == 2  # fmt: skip
+        assert capsys.readouterr().err == (
+            "dfscan: error: split file not found: artifacts/tiny.pt.split.json"
+            f" (nor beside the checkpoint {model})\n"
+        )
+    finally:
+        if where == "memory":
+            fsspec.filesystem("memory").rm("/ckpts", recursive=True)
+
+
+def test_a_split_uri_or_absolute_path_is_tried_as_recorded_first() -> None:
+    assert split_candidates("s3://b/m.pt.split.json", "s3://b/m.pt") == ["s3://b/m.pt.split.json"]
+    assert split_candidates("/old/m.pt.split.json", "/new/c.pt") == [
+        "/old/m.pt.split.json",
+        "/new/m.pt.split.json",
+        "/new/c.pt.split.json",
+    ]
+    assert split_candidates("a/m.pt.split.json", "s3://b/m.pt") == [
+        "s3://b/m.pt.split.json",
+        "a/m.pt.split.json",
+    ]
+    assert split_candidates("a/m.pt.split.json", None) == ["a/m.pt.split.json"]

@@ -345,6 +345,30 @@ def test_unknown_backend_on_the_cli_is_one_line_and_exit_2(
     assert not (tmp_path / "out").exists() and not (tmp_path / "eval").exists()
 
 
+@pytest.mark.parametrize("command", ["scan", "rescore", "eval", "calibrate"])
+def test_a_corrupt_checkpoint_is_one_clear_line_and_exit_2(
+    command: str,
+    tiny_checkpoint: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    corrupt = tmp_path / "corrupt.pt"
+    data = tiny_checkpoint.read_bytes()
+    corrupt.write_bytes(data[: len(data) // 2])  # a copy cut short: still starts as a zip
+    model = ["--model", str(corrupt)]
+    argv = {
+        "scan": ["scan", str(REAL_VIDEOS), "--out", str(tmp_path / "out"), *model],
+        "rescore": ["rescore", "--faces", str(tmp_path / "out" / "faces"), *model],
+        "eval": ["eval", "--data", str(DATA), "--out", str(tmp_path / "eval"), *model],
+        "calibrate": ["calibrate", "--data", str(DATA), "--out", str(tmp_path / "c.pt"), *model],
+    }[command]
+    assert main(argv) == 2
+    assert capsys.readouterr().err == (
+        f"dfscan: error: checkpoint {corrupt} cannot be read: not a dfscan checkpoint"
+        " (PytorchStreamReader failed reading zip archive: failed finding central directory)\n"
+    )
+
+
 # --- a whole scan ------------------------------------------------------------------------
 
 

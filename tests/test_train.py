@@ -13,9 +13,13 @@ from operators.models.checkpoints import load_checkpoint
 from operators.models.scorers import build_scorer
 from operators.score_faces import decode_crops
 from pipelines import train
+from pipelines.cli import main
 from pipelines.config import ConfigError, shared_dir
+from pipelines.labelled_data import LabelledFace
+from tests.conftest import CropRow, CropsFolder
 
 DATA = shared_dir() / "data" / "faces" / "dfdc224"
+MOBILENET = shared_dir() / train.MOBILENET_IMAGENET
 
 
 def _args(*argv: str) -> argparse.Namespace:
@@ -114,10 +118,115 @@ def test_bad_arguments_raise_one_line_config_errors(
     assert not (tmp_path / "x.pt").exists()
 
 
+class _NotATensor:
+    """Any class outside torch's weights-only allow-list."""
+
+
+def test_unreadable_pretrained_weights_are_one_clear_line_without_torchs_advice(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import torch
+
+    pickled = tmp_path / "pickled.pth"
+    torch.save({"features.0.weight": _NotATensor()}, pickled)
+    cut = tmp_path / "cut.pth"
+    cut.write_bytes(MOBILENET.read_bytes()[:4096])
+    for path, reason in [
+        (pickled, f"holds a pickled {__name__}._NotATensor, not only tensors"),
+        (cut, "file ends early"),  # torchvision's file is torch's legacy (non-zip) format
+    ]:
+        argv = ["train", "--data", str(DATA), "--out", str(tmp_path / "x.pt"), "--pretrained"]
+        assert main([*argv, str(path)]) == 2
+        assert capsys.readouterr().err == (
+            f"dfscan: error: pretrained weights {path} cannot be read: not a torch state dict"
+            f" ({reason})\n"
+        )
+
+
 def test_data_folder_without_labels_is_a_config_error(tmp_path: Path) -> None:
     args = _args("--data", str(tmp_path), "--out", str(tmp_path / "x.pt"))
     with pytest.raises(ConfigError, match="has no labels.csv"):
         args.func(args)
+
+
+# Four real videos, a fake made from r1: groups r1 (both classes), r2, r3, r4 (REAL).
+PAIR_AND_REALS: list[CropRow] = [
+    *((f"r{i}", "REAL", "") for i in range(1, 5)),
+    ("f1", "FAKE", "r1"),
+]
+QUICK = ("--pretrained", "none", "--epochs", "1", "--batch-size", "2", "--image-size", "32",
+         "--num-threads", "1", "--max-minutes", "0.2")  # fmt: skip
+
+
+def test_undecodable_image_is_one_line_naming_the_file_and_leaves_nothing_behind(
+    crops_folder: CropsFolder, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    data = crops_folder([*PAIR_AND_REALS, ("bad", "REAL", "")], images={"bad": b"\xff" * 8})
+    out = tmp_path / "m.pt"
+    assert main(["train", "--data", str(data), "--out", str(out), *QUICK]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    last = err.splitlines()[-1]  # a warning about this tiny split may come first
+    assert last == f"dfscan: error: image {data / 'bad.jpg'} is not a decodable JPEG (8 bytes)"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["crops"]  # no model, no split
+
+
+@pytest.mark.parametrize(
+    ("rows", "flags", "message"),
+    [
+        (PAIR_AND_REALS[:4], (), "training needs both REAL and FAKE faces: --data {data} has"
+         " only REAL faces (4)"),
+        ([("f1", "FAKE", "r1"), ("f2", "FAKE", "r2")], ("--sbi",), "training needs REAL faces"
+         " to self-blend: --data {data} has only FAKE faces (2)"),
+    ],
+)  # fmt: skip
+def test_data_of_one_class_is_refused_before_training(
+    rows: list[CropRow],
+    flags: tuple[str, ...],
+    message: str,
+    crops_folder: CropsFolder,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    def no_fit(*a: object, **k: object) -> None:
+        raise AssertionError("training started")
+
+    monkeypatch.setattr(train, "fit", no_fit)
+    data = crops_folder(rows)
+    out = tmp_path / "m.pt"
+    assert main(["train", "--data", str(data), "--out", str(out), *QUICK, *flags]) == 2
+    assert capsys.readouterr().err == f"dfscan: error: {message.format(data=data)}\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["crops"]  # no model, no split
+
+
+def test_a_split_side_with_one_class_fails_for_train_and_warns_for_val(
+    crops_folder: CropsFolder, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from pipelines.labelled_data import open_faces
+
+    data = crops_folder(PAIR_AND_REALS)
+    faceset = open_faces(data)
+
+    def split(seed: int, *flags: str) -> tuple[list[LabelledFace], list[LabelledFace], str]:
+        args = _args("--data", str(data), "--out", "x.pt", "--val-fraction", "0.25",
+                     "--seed", str(seed), *flags)  # fmt: skip
+        return train.split_faces(faceset, train.build_config(args))
+
+    # Seed 0 holds out r3 alone: val has no fake, so val AUC cannot be computed.
+    tr, va, how = split(0)
+    assert [f.key for f in va] == ["r3.jpg"] and any(f.is_fake for f in tr)
+    err = capsys.readouterr().err
+    assert err.startswith(
+        f"dfscan: warning: the val side of the {how} has only REAL faces (1): val_auc will be nan"
+    )
+    assert err.count("\n") == 1
+    # Seed 4 holds out the pair: train has no fake to learn from.
+    with pytest.raises(ConfigError, match=r"the train side of .* has only REAL faces \(3\)"):
+        split(4)
+    # ... unless fakes are self-blended from its reals.
+    tr, _, _ = split(4, "--sbi", "only")
+    assert len(tr) == 3
 
 
 def test_learning_rate_warms_up_then_anneals_to_near_zero() -> None:

@@ -22,6 +22,7 @@ import json
 import logging
 import os
 import pickle
+import re
 import struct
 import tempfile
 import uuid
@@ -163,16 +164,40 @@ UNREADABLE = (
 ZIP_MAGIC = b"PK\x03\x04"  # torch.save has written zip archives since torch 1.6
 
 
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+
+
+def unreadable_reason(err: BaseException) -> str:
+    """What torch.load's error says about the file, in a few words.
+
+    torch's messages run to paragraphs of advice (re-run with ``weights_only=False``,
+    allow-list the class) that is wrong here: a file that is not plain tensors is refused
+    on purpose. Keep the class it refused, or the first sentence of the first line.
+    """
+    if isinstance(err, EOFError):
+        return "file ends early"
+    text = _ANSI.sub("", str(err)).strip()
+    refused = re.search(r"Unsupported global: GLOBAL ([\w.]+)", text)
+    if refused:
+        return f"holds a pickled {refused.group(1)}, not only tensors"
+    unpickler = re.search(r"WeightsUnpickler error: (.+)", text)
+    if unpickler:
+        text = unpickler.group(1)
+    first = re.split(r"\.(?:\s|$)", text.splitlines()[0] if text else "", maxsplit=1)[0]
+    if not first or first.isdigit() or isinstance(err, KeyError | IndexError | struct.error):
+        return "not a torch file"  # the legacy reader's bare errors on a wrong magic number
+    return first[:160]
+
+
 def load_weights_only(data: bytes, what: str) -> object:
-    """``torch.load(weights_only=True)`` on CPU; unreadable input is a one-line ConfigError."""
+    """``torch.load(weights_only=True)`` on CPU; unreadable input is a one-line ConfigError
+    ``{what} (<short reason>)``."""
     import torch
 
     try:
         return torch.load(io.BytesIO(data), weights_only=True, map_location="cpu")
     except UNREADABLE as e:
-        text = str(e).strip()
-        first = text.splitlines()[0][:200] if text else type(e).__name__
-        raise ConfigError(f"{what} ({first})") from None
+        raise ConfigError(f"{what} ({unreadable_reason(e)})") from None
 
 
 def cache_dir(configured: str | None, kind: str) -> Path:
@@ -262,13 +287,17 @@ class CheckpointFile:
             log.warning("checkpoint meta not cached: %s", e)
 
 
+def _cannot_read(uri: str) -> str:
+    return f"checkpoint {uri} cannot be read: not a dfscan checkpoint"
+
+
 def read_checkpoint(
     uri: str, storage_options: dict[str, Any] | None = None, cache_dir: str | None = None
 ) -> CheckpointFile:
     """The checkpoint's bytes and sha256; nothing is parsed yet."""
     data = _read_bytes(uri, storage_options)
     if not data.startswith(ZIP_MAGIC):
-        raise ConfigError(f"not a dfscan checkpoint (not a torch zip archive): {uri}")
+        raise ConfigError(f"{_cannot_read(uri)} (not a torch zip archive)")
     return CheckpointFile(uri, data, hashlib.sha256(data).hexdigest(), cache_dir)
 
 
@@ -278,9 +307,9 @@ def load_checkpoint(uri: str, storage_options: dict[str, Any] | None = None) -> 
 
 
 def _parse(data: bytes, uri: str, digest: str) -> LoadedCheckpoint:
-    obj = load_weights_only(data, f"not a dfscan checkpoint: {uri}")
+    obj = load_weights_only(data, _cannot_read(uri))
     if not isinstance(obj, dict) or obj.get("format") != FORMAT:
-        raise ConfigError(f"not a dfscan checkpoint (no format={FORMAT!r} marker): {uri}")
+        raise ConfigError(f"{_cannot_read(uri)} (no format={FORMAT!r} marker)")
     version = obj.get("format_version")
     if version != FORMAT_VERSION:
         raise ConfigError(

@@ -123,7 +123,9 @@ def _load_pretrained(net: nn.Module, path: str, storage_options: dict[str, Any] 
             data = f.read()
     except FileNotFoundError:
         raise ConfigError(f"pretrained weights not found: {path}") from None
-    obj = load_weights_only(data, f"pretrained weights are not a torch state dict: {path}")
+    obj = load_weights_only(
+        data, f"pretrained weights {path} cannot be read: not a torch state dict"
+    )
     if isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
         obj = obj["state_dict"]  # a training checkpoint that wraps its weights
     if not isinstance(obj, dict):
