@@ -356,6 +356,8 @@ def test_a_corrupt_checkpoint_is_one_clear_line_and_exit_2(
     data = tiny_checkpoint.read_bytes()
     corrupt.write_bytes(data[: len(data) // 2])  # a copy cut short: still starts as a zip
     model = ["--model", str(corrupt)]
+    if command == "rescore":  # faces that exist, so the model is what it trips on
+        (tmp_path / "out" / "faces").mkdir(parents=True)
     argv = {
         "scan": ["scan", str(REAL_VIDEOS), "--out", str(tmp_path / "out"), *model],
         "rescore": ["rescore", "--faces", str(tmp_path / "out" / "faces"), *model],
