@@ -357,11 +357,9 @@ def _list_template(
             videos = list(_list_prefix(day_uri, opts, None, report, missing_ok=True))
         for video in videos:
             report.listed += 1
-            yield (
-                video
-                if video.uploaded_at is not None
-                else (dataclasses.replace(video, uploaded_at=midnight))
-            )
+            if video.uploaded_at is None:
+                video = dataclasses.replace(video, uploaded_at=midnight)
+            yield video
         if report.listed == before:
             report.empty_days.append(day_uri)
             log.info("no uploads under %s", day_uri)

@@ -291,12 +291,12 @@ FSSPEC_ARGS = (
     "out",
     "faces_out",
     "model",
+    "pretrained",
     "data",
     "videos",
-    "split",
+    "labels",
     "costs",
     "detector_model",
-    "parent",
 )
 
 
