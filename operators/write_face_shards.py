@@ -164,6 +164,15 @@ class FaceShardWriter(Operator[VideoFaces, VideoFaces]):
         return str(fs.unstrip_protocol(final))
 
 
+def run_has_commits(
+    faces_uri: str, run_id: str, storage_options: dict[str, Any] | None = None
+) -> bool:
+    """Whether ``run_id`` committed any part: a run resumed after a kill may have nothing
+    left to decode and still owe its summary."""
+    fs, root = fsspec.core.url_to_fs(faces_uri, **(storage_options or {}))
+    return bool(fs.exists(f"{root.rstrip('/')}/{run_commits_dir(run_id)}"))
+
+
 def commit_run(
     faces_uri: str, run_id: str, storage_options: dict[str, Any] | None = None
 ) -> RunRecord:

@@ -16,7 +16,7 @@ from operators.base import Operator
 from operators.list_videos import ListingReport, VideoHasher, list_videos
 from operators.metrics import MetricsPusher, ScanMetrics
 from operators.redact import redact, redact_values
-from operators.write_face_shards import commit_run
+from operators.write_face_shards import commit_run, run_has_commits
 from pipelines import code_version
 from pipelines.config import ConfigError, EngineConfig, ScanConfig
 from pipelines.graph import (
@@ -225,9 +225,10 @@ def run_scan(
             metrics.set_backlog(len(refs) - summary.videos)
             if on_row:
                 on_row(row, len(refs))
-        if refs:
+        if refs or run_has_commits(cfg.faces_uri, cfg.run_id, cfg.storage_options):
             # Every engine has committed its parts by now: the run's summary marks it
-            # complete in the face-shard dataset (operators/shard_layout.py).
+            # complete in the face-shard dataset (operators/shard_layout.py). A rerun of
+            # a killed run id with nothing left to decode writes it too.
             commit_run(cfg.faces_uri, cfg.run_id, cfg.storage_options)
         status = "succeeded"
         metrics.mark_success()

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from operators.decode_frames import FrameDecoder
-from operators.write_face_shards import read_face_shards
+from operators.write_face_shards import FaceShardWriter, read_face_shards
 from pipelines.cli import main
 from pipelines.config import (
     DetectorConfig,
@@ -23,6 +23,7 @@ from pipelines.config import (
 from pipelines.scan import run_scan
 from tests.conftest import FACE_CROP_VIDEOS, REAL_VIDEOS
 from tests.media import face_frames, truncate, write_audio_only, write_video
+from tests.test_write_face_shards import video as faces_video
 
 pytestmark = pytest.mark.slow
 
@@ -323,3 +324,20 @@ def test_face_crop_clips_score_through_the_classifier(tiny_checkpoint):
         assert probs.shape == (4,) and np.all((probs >= 0) & (probs <= 1))
         means.append(float(probs.mean()))
     assert len({round(m, 6) for m in means}) > 1
+
+
+def test_a_resumed_run_with_nothing_left_to_decode_still_writes_its_summary(
+    tmp_path: Path, tiny_checkpoint: Path
+):
+    # The killed first attempt of run k1 had committed a part (and its row) before the
+    # kill; the rerun skips everything, and must still mark k1 complete in the shards.
+    out, empty = tmp_path / "out", tmp_path / "nothing-new"
+    empty.mkdir()
+    with FaceShardWriter(str(out / "faces"), "k1", crop_scale=1.3) as writer:
+        writer.process_batch([faces_video("a", 2)])
+    argv = ["scan", str(empty), "--out", str(out), "--model", str(tiny_checkpoint)]
+    assert main([*argv, "--run-id", "k1"]) == 0
+    summary = json.loads((out / "faces" / "_runs" / "k1.json").read_text())
+    assert (summary["run_id"], summary["parts"]) == ("k1", 1)
+    assert main([*argv, "--run-id", "k2"]) == 0  # a run that committed nothing: no summary
+    assert not (out / "faces" / "_runs" / "k2.json").exists()
