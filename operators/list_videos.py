@@ -18,6 +18,7 @@ import dataclasses
 import datetime as dt
 import hashlib
 import logging
+import math
 import re
 import uuid
 from collections.abc import Iterator, Mapping
@@ -279,9 +280,13 @@ def _list_manifest(
             more,
         )
     for entry in manifest.uris:
-        uploaded = manifest.uploaded_at[entry] if manifest.uploaded_at is not None else None
-        if manifest.uploaded_at is not None and not report.admit(window, uploaded):
-            continue
+        uploaded = None  # no column: the store's mtime stands in
+        if manifest.uploaded_at is not None:
+            when = manifest.uploaded_at[entry]
+            if not report.admit(window, when):
+                continue
+            # An empty cell: no upload time, for the shard partition as for the window.
+            uploaded = math.nan if when is None else when
         if not policy.allows(entry):
             # Not stat'ed, so its mtime is unknown: a window by mtime cannot admit it.
             if manifest.uploaded_at is None and not report.admit(window, None):
@@ -357,7 +362,7 @@ def _list_template(
             videos = list(_list_prefix(day_uri, opts, None, report, missing_ok=True))
         for video in videos:
             report.listed += 1
-            if video.uploaded_at is None:
+            if video.uploaded_at is None or math.isnan(video.uploaded_at):
                 video = dataclasses.replace(video, uploaded_at=midnight)
             yield video
         if report.listed == before:

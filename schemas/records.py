@@ -32,7 +32,8 @@ class VideoFile:
     size_bytes: int
     mtime: float | None = None  # seconds since the epoch, when the store reports one
     # When the platform received the upload, where the listing knows it better than the
-    # store's mtime: a manifest's uploaded_at, a date-partitioned input's day.
+    # store's mtime: a manifest's uploaded_at, a date-partitioned input's day. NaN: the
+    # listing knows there is none (an empty uploaded_at cell), so mtime must not stand in.
     uploaded_at: float | None = None
 
 

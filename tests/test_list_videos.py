@@ -25,6 +25,7 @@ from operators.list_videos import (
     template_root,
     uri_video_id,
 )
+from operators.shard_layout import DEFAULT_PARTITION, partition_date
 from pipelines.cli import build_parser, main
 from pipelines.config import ConfigError, TimeWindow, parse_instant
 from pipelines.limits_cli import limits_from_args
@@ -381,7 +382,12 @@ def test_manifest_window_filters_on_uploaded_at_not_the_store(tmp_path: Path, ki
         (dt.datetime(2026, 11, 21, 23, 59, 59, tzinfo=UTC).timestamp(), DAY_21.timestamp()),
         (DAY_21.timestamp(), None),
     ]
-    assert len(list(list_videos(str(manifest)))) == 4  # no window: uploaded_at is ignored
+    unwindowed = list(list_videos(str(manifest)))
+    everything = dict(zip(names(unwindowed), unwindowed, strict=True))
+    assert len(everything) == 4  # no window: uploaded_at is ignored
+    # An empty cell is no upload time for the shard partition too, not the store's mtime.
+    blank = VideoHasher(1 << 30).hash_one(everything["blank.mp4"])
+    assert partition_date(blank.upload_time) == DEFAULT_PARTITION
 
 
 def test_manifest_without_uploaded_at_uses_the_store_mtime(tmp_path: Path):
