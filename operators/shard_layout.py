@@ -16,8 +16,10 @@ Why this shape:
   of a date range reads only those directories. A store that reports no time puts the
   video under ``dt=__HIVE_DEFAULT_PARTITION__`` (the Hive/Spark name for "no value").
 - Part names stay content-derived (a hash of the batch's video ids and crop settings),
-  not ``part-<run>-<n>``: a rerun after a crash rewrites the same names, so a batch is
-  in the dataset once by construction, whichever run committed it.
+  not ``part-<run>-<n>``: a rerun after a crash that batches alike rewrites the same
+  names, so such a batch is in the dataset once, whichever run committed it. One that
+  batches otherwise (another engine, workers finishing in another order) leaves a
+  video in two parts; readers take its newest.
 - A part exists for readers only once a commit record names it. The record is written
   after the part is moved into place, and the warehouse row after the record, so a crash
   between the move and the record leaves a file no reader takes (``dfscan shards
