@@ -611,8 +611,15 @@ class BeamRunner:
         try:
             pipeline = make_pipeline(self.options)
             build_pipeline(pipeline, items, operators, results_uri=results_uri)
-            result = pipeline.run()
-            result.wait_until_finish()
+            try:
+                result = pipeline.run()
+                result.wait_until_finish()
+            except RuntimeError as err:
+                # Ctrl-C lands in a bundle, and the in-process runner re-raises it as
+                # "KeyboardInterrupt [while running ...]": an interrupt, as on the others.
+                if str(err).startswith("KeyboardInterrupt"):
+                    raise KeyboardInterrupt from None
+                raise
             mirror_stage_seconds(result, metrics)
             results = read_results(results_uri, codec)
         finally:

@@ -23,6 +23,7 @@ from apache_beam.options.pipeline_options import (
 )
 
 from operators.list_videos import VideoHasher
+from operators.metrics import ScanMetrics
 from pipelines.beam_runner import (
     DEAD_LETTER,
     RESULT_CODECS,
@@ -309,3 +310,21 @@ def test_the_hash_hand_off_keeps_every_field_of_a_ref() -> None:
     ref = VideoRef("id", "file:///a.mp4", 10, 1_700_000_000.5, 1_600_000_000.0)
     table = pa.Table.from_pylist([codec.to_record(ref)], schema=codec.schema)
     assert codec.from_record(table.to_pylist()[0]) == ref
+
+
+def test_ctrl_c_inside_a_bundle_is_an_interrupt_not_a_runtime_error(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    # FnApiRunner re-raises a KeyboardInterrupt caught in a bundle as a RuntimeError;
+    # main() must see an interrupt (one line, exit 130), as on the other runners.
+    import pipelines.beam_runner as beam_runner
+
+    class Interrupted:
+        def run(self) -> None:
+            raise RuntimeError("KeyboardInterrupt [while running 'decode_detect']")
+
+    monkeypatch.setattr(beam_runner, "make_pipeline", lambda options: Interrupted())
+    monkeypatch.setattr(beam_runner, "build_pipeline", lambda *args, **kwargs: None)
+    runner, metrics = BeamRunner(EngineConfig("beam")), ScanMetrics()
+    with pytest.raises(KeyboardInterrupt):
+        list(runner.run([VideoFile(str(tmp_path / "a.mp4"), 1)], [VideoHasher(1 << 20)], metrics))
