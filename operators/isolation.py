@@ -20,10 +20,10 @@ pair; the parent unpickles only record classes, so a worker subverted by a craft
 video cannot make the parent run code through pickle. A worker whose parent is gone
 ends itself: on end-of-file while idle, and by ``SIGALRM`` while stuck in a video.
 
-Test hook: ``DFSCAN_TEST_FAULTS="abort=MARK,segv=MARK,hang=MARK"`` makes the worker
-abort, segfault or hang on a URI containing MARK. A real decoder crash cannot be had on
-demand, so the corpus tests use this to prove the isolation; it lives only in the
-worker, so the in-process path ignores it.
+Test hook: ``DFSCAN_TEST_FAULTS="abort=MARK,segv=MARK,hang=MARK,slow=MARK"`` makes the
+worker abort, segfault, hang or take 2 s more on a URI containing MARK. A real decoder
+crash cannot be had on demand, so the corpus tests use this to prove the isolation; it
+lives only in the worker, so the in-process path ignores it.
 """
 
 from __future__ import annotations
@@ -250,6 +250,8 @@ def _inject_fault(faults: dict[str, str], uri: str) -> None:
     if (mark := faults.get("hang")) and mark in uri:
         while True:
             time.sleep(3600)
+    if (mark := faults.get("slow")) and mark in uri:
+        time.sleep(2.0)  # then decodes it: time for the parent to go away meanwhile
 
 
 def _send(conn: Connection, message: tuple[str, Any]) -> None:
@@ -283,7 +285,10 @@ def worker_main(fd: int) -> int:
         _inject_fault(faults, ref.uri)
         result = extractor.extract(ref)
         signal.alarm(0)
-        _send(conn, ("result", result))
+        try:
+            _send(conn, ("result", result))
+        except (BrokenPipeError, ConnectionResetError):
+            return 0  # the parent went away mid-video (Ctrl-C, a kill): nothing to tell
 
 
 if __name__ == "__main__":

@@ -183,6 +183,25 @@ def test_a_worker_exits_when_its_parent_goes_away(clips):
     ex.teardown()
 
 
+def test_a_worker_whose_parent_leaves_mid_video_exits_quietly(
+    clips, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    # Ctrl-C or a kill of the scan while a worker decodes: its answer has nowhere to go.
+    # It must exit 0 without a traceback on the terminal the scan shared with it.
+    monkeypatch.setenv(FAULTS_ENV, "slow=fault-slow")
+    slow = ref(encode_clip(tmp_path / "fault-slow.mp4", noise_frames(6, (64, 48), 9)))
+    ex = extractor()
+    ex.setup()
+    (worker,) = ex._pool
+    assert worker._proc is not None and worker._conn is not None
+    proc = worker._proc
+    worker._conn.send(slow)
+    worker._conn.close()  # gone before the answer (the video takes 2 s more)
+    assert proc.wait(timeout=30) == 0
+    worker._proc = worker._conn = None
+    ex.teardown()
+
+
 def test_the_parent_unpickles_records_only():
     info = DetectorInfo("scrfd-500m", "0" * 64)
     video = VideoFaces(VideoRef("id", "file:///x.mp4", 1), VideoStatus.NO_FACE, info, "uniform:2")
