@@ -751,16 +751,18 @@ class WarehouseWriter(Operator[VideoScan, VideoScan]):
 
     name = "write_warehouse"
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, rows_per_batch: int = 256) -> None:
         build_warehouse(url)  # a bad URL fails here, on the driver, not on a worker
         self.url = url
+        self.rows_per_batch = rows_per_batch
         self._warehouse: Warehouse | None = None
 
     @property
     def resources(self) -> Resources:
         return Resources(
             cpus=0.25,  # waits on the database; leaves the cores to decode and inference
-            batch_size=256,  # rows per transaction: amortises the commit, small replay
+            # Rows per transaction: amortises the commit, small replay.
+            batch_size=self.rows_per_batch,
             concurrency=warehouse_class(self.url).max_writers,
         )
 

@@ -453,7 +453,9 @@ def _translate_writer(chain: _Chain, op: WarehouseWriter) -> None:
     chain.rejoin(op.name)
     url = chain.warehouse_url or op.url
     # Downstream (the driver) sees the rows the warehouse committed, not merely made.
-    chain.main = _stage(chain.main, op if url == op.url else WarehouseWriter(url))
+    chain.main = _stage(
+        chain.main, op if url == op.url else WarehouseWriter(url, op.rows_per_batch)
+    )
 
 
 # Operators whose place in the graph is more than a batched ParDo.

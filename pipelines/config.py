@@ -275,6 +275,9 @@ class ScanConfig:
     # Videos per face shard: ~500 faces, ~5-10 MB. Small enough that scoring (after the
     # shard commit) starts soon after decoding, large enough to keep part counts sane.
     shard_max_videos: int = 16
+    # Warehouse rows per transaction; a scan of fewer than 8 x this many commits about
+    # an eighth of its rows at a time (pipelines.graph.rows_per_transaction).
+    warehouse_max_rows: int = 256
     progress: bool = True
     rescan: bool = False  # decode again what the warehouse has under this model version
     # Only uploads in this window (--since/--until); None: everything listed.

@@ -78,6 +78,14 @@ def shard_videos(videos: int, cap: int) -> int:
     return max(1, min(cap, -(-videos // 8)))
 
 
+def rows_per_transaction(videos: int, cap: int) -> int:
+    """Warehouse rows per transaction for a scan of ``videos``: ``cap`` (256) for runs of
+    8 x cap and more, else about an eighth of the run. Rows that wait for a full batch
+    are lost to a kill, and a rerun decodes their videos again: a nightly run of a few
+    hundred videos must not hold all its rows until its end."""
+    return max(1, min(cap, -(-videos // 8)))
+
+
 def build_extraction_operators(cfg: ScanConfig, faces_uri: str | None = None) -> list[Operator]:
     """hash -> decode+detect -> face shards: the scan's head, which ``dfscan dataset build
     --videos`` runs alone so training crops are cut exactly as scans cut them.
@@ -101,5 +109,5 @@ def build_operators(cfg: ScanConfig, model: ModelInfo) -> list[Operator]:
         # Never more videos per call than a shard brings at once: scoring starts per part.
         FaceScorer(cfg.scorer, opts, videos_per_call=min(8, cfg.shard_max_videos)),
         VideoAggregator(cfg.aggregate, model.version, model.arch, cfg.run_id),
-        WarehouseWriter(cfg.warehouse_url),
+        WarehouseWriter(cfg.warehouse_url, cfg.warehouse_max_rows),
     ]

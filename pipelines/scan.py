@@ -24,6 +24,7 @@ from pipelines.graph import (
     build_operators,
     configure_for_model,
     resolve_model,
+    rows_per_transaction,
     shard_videos,
 )
 from pipelines.incremental import plan_scan
@@ -214,8 +215,10 @@ def run_scan(
         refs: list[Any] = plan.todo  # the runner feeds what the first operator takes
         del files, plan
         per_shard = shard_videos(len(refs), cfg.shard_max_videos)
-        if per_shard != cfg.shard_max_videos:
-            operators = build_operators(replace(cfg, shard_max_videos=per_shard), model)[1:]
+        rows = rows_per_transaction(len(refs), cfg.warehouse_max_rows)
+        if (per_shard, rows) != (cfg.shard_max_videos, cfg.warehouse_max_rows):
+            sized = replace(cfg, shard_max_videos=per_shard, warehouse_max_rows=rows)
+            operators = build_operators(sized, model)[1:]
         if on_listed:
             on_listed(len(refs))
         metrics.set_backlog(len(refs))

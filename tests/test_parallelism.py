@@ -23,7 +23,7 @@ from pipelines.config import (
     ScanConfig,
     ScorerConfig,
 )
-from pipelines.graph import decode_workers, shard_videos
+from pipelines.graph import decode_workers, rows_per_transaction, shard_videos
 from pipelines.scan import run_scan
 from tests.conftest import REAL_VIDEOS
 
@@ -35,6 +35,47 @@ ROOT = Path(__file__).resolve().parent.parent
 )
 def test_small_scans_commit_about_eight_parts_large_ones_full_parts(videos, per_shard):
     assert shard_videos(videos, 16) == per_shard
+
+
+@pytest.mark.parametrize(
+    ("videos", "rows"), [(0, 1), (4, 1), (14, 2), (300, 38), (2048, 256), (10_000, 256)]
+)
+def test_small_scans_commit_rows_in_about_eight_transactions(videos, rows):
+    assert rows_per_transaction(videos, 256) == rows
+
+
+def test_a_small_scan_commits_its_rows_as_it_goes_not_all_at_the_end(
+    tmp_path, tiny_checkpoint, monkeypatch
+):
+    # Rows held for a full 256-row batch were all lost to a kill of a nightly run of a
+    # few hundred videos, and the rerun decoded every one of them again.
+    from operators.write_warehouse import DuckDBWarehouse
+
+    batches: list[int] = []
+    upsert = DuckDBWarehouse.upsert_scans
+
+    def counted(self, rows):
+        batches.append(len(rows))
+        return upsert(self, rows)
+
+    monkeypatch.setattr(DuckDBWarehouse, "upsert_scans", counted)
+    videos = tmp_path / "videos"
+    videos.mkdir()
+    for name in sorted(os.listdir(REAL_VIDEOS))[:4]:
+        (videos / name).symlink_to(REAL_VIDEOS / name)
+    out = tmp_path / "out"
+    cfg = ScanConfig(
+        input_uri=str(videos),
+        out_uri=str(out),
+        warehouse_url=f"duckdb://{out}/scans.duckdb",
+        run_id="rows",
+        sampling=SamplingConfig.parse("uniform:2"),
+        detector=DetectorConfig.build("scrfd-500m"),
+        scorer=ScorerConfig(checkpoint=str(tiny_checkpoint)),
+        progress=False,
+    )
+    assert run_scan(cfg).videos == 4
+    assert batches == [1, 1, 1, 1]
 
 
 def scan_config(runner: str = "local", **limits: object) -> ScanConfig:
