@@ -80,6 +80,14 @@ class ScanConsole:
                 f"skipped {skipped} already in the warehouse (--rescan to redo) · "
                 f"{duplicates} duplicate URIs of videos decoded once"
             )
+        listing = getattr(summary, "listing", None)
+        if listing is not None and (listing.outside_window or listing.no_time or listing.no_uri):
+            # What listing left out, so a filtered run does not read as an empty one.
+            self.console.print(
+                f"left out by the listing: {listing.outside_window} uploaded outside the window"
+                f" · {listing.no_time} without an upload time"
+                f" · {listing.no_uri} manifest entries without a URI"
+            )
         self.console.print(f"warehouse {redact(cfg.warehouse_url)} · faces {cfg.faces_uri}")
 
 

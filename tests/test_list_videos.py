@@ -520,7 +520,9 @@ def scan_argv(input_uri: str, out: Path, checkpoint: Path, run_id: str) -> list[
 
 
 @pytest.mark.slow
-def test_nightly_scans_of_a_folder_scan_one_day_each(tmp_path: Path, tiny_checkpoint: Path):
+def test_nightly_scans_of_a_folder_scan_one_day_each(
+    tmp_path: Path, tiny_checkpoint: Path, capsys: pytest.CaptureFixture[str]
+):
     uploads, out = tmp_path / "uploads", tmp_path / "out"
     noon = dt.timedelta(hours=12)
     for name, day in (("talking_head_d18.mp4", DAY_20), ("talking_head_d19.mp4", DAY_21)):
@@ -533,6 +535,11 @@ def test_nightly_scans_of_a_folder_scan_one_day_each(tmp_path: Path, tiny_checkp
         "talking_head_d19.mp4": ("scored", "night-1"),
         "notes.txt": ("unsupported", "night-1"),  # a non-video in the window still has a row
     }
+    # The summary says what the window left out: a filtered run is not an empty one.
+    assert (
+        "left out by the listing: 1 uploaded outside the window · 0 without an upload time"
+        " · 0 manifest entries without a URI"
+    ) in " ".join(capsys.readouterr().out.split())  # rich wraps at the terminal width
     night_2 = ["--since", "2026-11-20", "--until", "2026-11-21"]
     assert main([*scan_argv(str(uploads), out, tiny_checkpoint, "night-2"), *night_2]) == 0
     assert scan_rows(out) == {
