@@ -75,7 +75,7 @@ def shard_videos(videos: int, cap: int) -> int:
     and more, else about an eighth of the run. A part is committed, and its faces scored,
     only when it is full, so a small scan with full-size parts would decode everything
     before scoring anything; eight parts let scoring overlap decoding."""
-    return max(1, min(cap, -(-videos // 8)))
+    return _eighth_of_run(videos, cap)
 
 
 def rows_per_transaction(videos: int, cap: int) -> int:
@@ -83,6 +83,10 @@ def rows_per_transaction(videos: int, cap: int) -> int:
     8 x cap and more, else about an eighth of the run. Rows that wait for a full batch
     are lost to a kill, and a rerun decodes their videos again: a nightly run of a few
     hundred videos must not hold all its rows until its end."""
+    return _eighth_of_run(videos, cap)
+
+
+def _eighth_of_run(videos: int, cap: int) -> int:
     return max(1, min(cap, -(-videos // 8)))
 
 
