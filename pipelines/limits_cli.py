@@ -32,15 +32,22 @@ def _positive(kind: type) -> Any:
     return parse
 
 
-def _fraction(text: str) -> float:
-    """argparse type: a number within [0, 1]."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if not 0.0 <= value <= 1.0:
-        raise argparse.ArgumentTypeError(f"must be within [0, 1], got {text}")
-    return value
+def _within(kind: type, low: float, high: float) -> Any:
+    """argparse type: a number within [low, high] (shared by every CLI module)."""
+
+    def parse(text: str) -> Any:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"must be within [{low:g}, {high:g}], got {text}")
+        return value
+
+    return parse
+
+
+_fraction = _within(float, 0.0, 1.0)
 
 
 def add_limit_arguments(p: argparse.ArgumentParser) -> None:

@@ -37,6 +37,7 @@ from operators.write_warehouse import (
     warehouse_class,
 )
 from pipelines.config import AggregateConfig, ConfigError
+from pipelines.limits_cli import _within
 from schemas.arrow import VIDEO_SCANS_SCHEMA
 from schemas.records import VideoStatus
 from schemas.warehouse import SCAN_RUNS_SCHEMA, quote_identifier
@@ -1005,15 +1006,8 @@ def _browser(args: argparse.Namespace) -> ScanBrowser:
     return ScanBrowser(url, args.faces, _storage_options(args.storage_options))
 
 
-def _port(text: str) -> int:
-    """argparse type: a TCP port. 0 asks the OS for a free one; the banner shows which."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if not 0 <= value <= 65535:
-        raise argparse.ArgumentTypeError(f"must be within [0, 65535], got {text}")
-    return value
+# argparse type: a TCP port. 0 asks the OS for a free one; the banner shows which.
+_port = _within(int, 0, 65535)
 
 
 def listen(host: str, port: int) -> socket.socket:
