@@ -44,6 +44,29 @@ def test_small_scans_commit_rows_in_about_eight_transactions(videos, rows):
     assert rows_per_transaction(videos, 256) == rows
 
 
+def four_video_scan(
+    tmp_path: Path, checkpoint: Path, run_id: str, frames: str, limits: LimitsConfig | None = None
+) -> ScanConfig:
+    """A local scan of four shared real videos into ``tmp_path/<run_id>``."""
+    videos = tmp_path / "videos"
+    if not videos.exists():
+        videos.mkdir()
+        for name in sorted(os.listdir(REAL_VIDEOS))[:4]:
+            (videos / name).symlink_to(REAL_VIDEOS / name)
+    out = tmp_path / run_id
+    return ScanConfig(
+        input_uri=str(videos),
+        out_uri=str(out),
+        warehouse_url=f"duckdb://{out}/scans.duckdb",
+        run_id=run_id,
+        sampling=SamplingConfig.parse(frames),
+        detector=DetectorConfig.build("scrfd-500m"),
+        limits=limits or LimitsConfig(),
+        scorer=ScorerConfig(checkpoint=str(checkpoint)),
+        progress=False,
+    )
+
+
 def test_a_small_scan_commits_its_rows_as_it_goes_not_all_at_the_end(
     tmp_path, tiny_checkpoint, monkeypatch
 ):
@@ -59,21 +82,7 @@ def test_a_small_scan_commits_its_rows_as_it_goes_not_all_at_the_end(
         return upsert(self, rows)
 
     monkeypatch.setattr(DuckDBWarehouse, "upsert_scans", counted)
-    videos = tmp_path / "videos"
-    videos.mkdir()
-    for name in sorted(os.listdir(REAL_VIDEOS))[:4]:
-        (videos / name).symlink_to(REAL_VIDEOS / name)
-    out = tmp_path / "out"
-    cfg = ScanConfig(
-        input_uri=str(videos),
-        out_uri=str(out),
-        warehouse_url=f"duckdb://{out}/scans.duckdb",
-        run_id="rows",
-        sampling=SamplingConfig.parse("uniform:2"),
-        detector=DetectorConfig.build("scrfd-500m"),
-        scorer=ScorerConfig(checkpoint=str(tiny_checkpoint)),
-        progress=False,
-    )
+    cfg = four_video_scan(tmp_path, tiny_checkpoint, "rows", "uniform:2")
     assert run_scan(cfg).videos == 4
     assert batches == [1, 1, 1, 1]
 
@@ -123,23 +132,15 @@ def test_zero_decode_workers_is_refused_by_the_parser(capsys, tiny_checkpoint):
 
 def test_two_decode_workers_give_the_rows_one_worker_gives(tmp_path, tiny_checkpoint):
     """Same videos, same faces, same scores: parallel decode changes only the order."""
-    videos = tmp_path / "videos"
-    videos.mkdir()
-    for name in sorted(os.listdir(REAL_VIDEOS))[:4]:
-        (videos / name).symlink_to(REAL_VIDEOS / name)
     rows = {}
     for workers in (1, 2):
-        out = tmp_path / f"out{workers}"
-        cfg = ScanConfig(
-            input_uri=str(videos),
-            out_uri=str(out),
-            warehouse_url=f"duckdb://{out}/scans.duckdb",
-            run_id=f"w{workers}",
-            sampling=SamplingConfig.parse("uniform:4"),
-            detector=DetectorConfig.build("scrfd-500m"),
-            limits=LimitsConfig(decode_workers=workers),
-            scorer=ScorerConfig(checkpoint=str(tiny_checkpoint)),
-            progress=False,
+        out = tmp_path / f"w{workers}"
+        cfg = four_video_scan(
+            tmp_path,
+            tiny_checkpoint,
+            f"w{workers}",
+            "uniform:4",
+            LimitsConfig(decode_workers=workers),
         )
         summary = run_scan(cfg)
         assert summary.videos == 4
