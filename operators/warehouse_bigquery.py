@@ -41,6 +41,7 @@ import pyarrow as pa
 
 from operators.list_videos import URI_ID_PREFIX
 from operators.write_warehouse import (
+    RUN_RESTART_UPDATES,
     WAREHOUSES,
     Row,
     Warehouse,
@@ -401,14 +402,20 @@ class BigQueryWarehouse(Warehouse):
             except GoogleAPICallError as err:  # it expires on its own
                 log.warning("staging table %s not dropped: %s", staging, _one_line(err))
 
-    def _merge_row(self, table: str, spec_name: str, values: Mapping[str, Any]) -> None:
+    def _merge_row(
+        self,
+        table: str,
+        spec_name: str,
+        values: Mapping[str, Any],
+        update: Sequence[str] | None = None,
+    ) -> None:
         """MERGE one row given as typed query parameters (no staging table)."""
         spec = warehouse_table(spec_name)
         params = _row_params(spec.schema, values)
         source = (
             "(SELECT " + ", ".join(f"@{n} AS {bigquery_quote(n)}" for n in spec.schema.names) + ")"
         )
-        self._execute(merge_sql(self._path(table), source, spec.schema, spec.key), params)
+        self._execute(merge_sql(self._path(table), source, spec.schema, spec.key, update), params)
 
     # --- schema ---------------------------------------------------------------------
 
@@ -459,7 +466,8 @@ class BigQueryWarehouse(Warehouse):
     # --- runs -----------------------------------------------------------------------
 
     def start_run(self, run_id: str, command: str, config_json: str, code_version: str) -> None:
-        """Record a run as running. A restart with the same run_id resets its row."""
+        """Record a run as running. A restart with the same run_id resets its row but for
+        ``started_at``: the record spans every attempt."""
         self._merge_row(
             self.runs_table,
             "scan_runs",
@@ -475,6 +483,7 @@ class BigQueryWarehouse(Warehouse):
                 "counts_by_status": None,
                 "error": None,
             },
+            RUN_RESTART_UPDATES,
         )
 
     def finish_run(
@@ -484,8 +493,13 @@ class BigQueryWarehouse(Warehouse):
         counts_by_status: Mapping[str, int],
         error: str | None,
     ) -> None:
-        """Close a run with its outcome and per-status video counts."""
-        values = {**run_outcome(status, counts_by_status), "error": error}
+        """Close a run with its outcome and per-status video counts (see run_outcome)."""
+        committed = self._fetch(
+            f"SELECT `status`, COUNT(*) AS n FROM {self._path(self.scans_table)}"
+            " WHERE `run_id` = @run_id GROUP BY `status`",
+            [_param("run_id", "STRING", run_id)],
+        )
+        values = {**run_outcome(status, counts_by_status, committed), "error": error}
         sets = ", ".join(f"{bigquery_quote(n)} = @{n}" for n in values)
         params = _row_params(SCAN_RUNS_SCHEMA, {**values, "run_id": run_id})
         job, _ = self._run(

@@ -110,11 +110,28 @@ def _check_limit(limit: int | None) -> int | None:
     return limit
 
 
-def run_outcome(status: str, counts_by_status: Mapping[str, int]) -> dict[str, Any]:
-    """The columns ``finish_run`` sets, whatever the SQL dialect (``error`` apart)."""
+# A run id started again (a rerun of a killed run under --run-id) keeps when it first
+# started: every other column of its record is reset to running.
+RUN_RESTART_UPDATES = tuple(n for n in SCAN_RUNS_SCHEMA.names if n != "started_at")
+
+
+def run_outcome(
+    status: str,
+    counts_by_status: Mapping[str, int],
+    committed: Sequence[Row] = (),
+) -> dict[str, Any]:
+    """The columns ``finish_run`` sets, whatever the SQL dialect (``error`` apart).
+
+    ``committed`` holds ``(status, n)`` rows of the scans table under the run id: they
+    cover every attempt of a run id that was started again, which this attempt's own
+    counts do not (it skipped what the killed one wrote). Per status the larger count
+    is kept: a failed attempt may have counted rows it never committed.
+    """
     if status not in RUN_STATUSES or status == "running":
         raise ValueError(f"a run finishes as 'succeeded' or 'failed', not {status!r}")
     counts = {str(getattr(k, "value", k)): int(v) for k, v in counts_by_status.items()}
+    for row in committed:
+        counts[row["status"]] = max(counts.get(row["status"], 0), int(row["n"]))
     return {
         "ended_at": datetime.now(timezone.utc),
         "status": status,
@@ -222,7 +239,8 @@ class Warehouse(abc.ABC):
             self._execute(statement)
 
     def start_run(self, run_id: str, command: str, config_json: str, code_version: str) -> None:
-        """Record a run as running. A restart with the same run_id resets its row."""
+        """Record a run as running. A restart with the same run_id resets its row but for
+        ``started_at``: the record spans every attempt."""
         values = {
             "run_id": run_id,
             "command": command,
@@ -237,7 +255,10 @@ class Warehouse(abc.ABC):
         }
         params = [values[n] for n in SCAN_RUNS_SCHEMA.names]
         source = f"VALUES ({self._params(len(params))})"
-        self._execute(upsert_sql(self.runs_table, SCAN_RUNS_SCHEMA, SCAN_RUNS_KEY, source), params)
+        sql = upsert_sql(
+            self.runs_table, SCAN_RUNS_SCHEMA, SCAN_RUNS_KEY, source, RUN_RESTART_UPDATES
+        )
+        self._execute(sql, params)
 
     def finish_run(
         self,
@@ -246,9 +267,14 @@ class Warehouse(abc.ABC):
         counts_by_status: Mapping[str, int],
         error: str | None,
     ) -> None:
-        """Close a run with its outcome and per-status video counts."""
-        values = {**run_outcome(status, counts_by_status), "error": error}
+        """Close a run with its outcome and per-status video counts (see run_outcome)."""
         p = self.placeholder
+        committed = self._fetch(
+            f"SELECT status, COUNT(*) AS n FROM {quote_identifier(self.scans_table)}"
+            f" WHERE run_id = {p} GROUP BY status",
+            [run_id],
+        )
+        values = {**run_outcome(status, counts_by_status, committed), "error": error}
         sets = ", ".join(f"{quote_identifier(n)} = {p}" for n in values)
         rows = self._fetch(
             f"UPDATE {quote_identifier(self.runs_table)} SET {sets}"

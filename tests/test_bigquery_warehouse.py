@@ -577,11 +577,14 @@ def test_video_uris_keep_the_first_sighting_and_refresh_the_rest(
 
 def test_run_records_merge_from_parameters(bq: BigQueryWarehouse, fake: FakeBigQuery) -> None:
     bq.start_run("run-1", "scan", '{"a": 1}', "v1")
+    (first,) = bq.query_runs()
+    bq.upsert_scans([make_unscored(video_id="v0")])  # the first attempt's row
     bq.start_run("run-1", "scan", '{"a": 2}', "v1")  # a restart resets the row
-    bq.finish_run("run-1", "succeeded", {"scored": 2, "no_face": 1}, None)
+    bq.finish_run("run-1", "succeeded", {"scored": 2}, None)
     (run,) = bq.query_runs()
     assert (run["status"], run["videos_total"], run["config"]) == ("succeeded", 3, '{"a": 2}')
     assert json.loads(run["counts_by_status"]) == {"no_face": 1, "scored": 2}
+    assert run["started_at"] == first["started_at"]
     start = [c for c in fake.queries() if c.sql.startswith("MERGE")][0]
     assert start.params["run_id"] == "run-1" and start.params["ended_at"] is None
     with pytest.raises(LookupError, match="no run 'nope'"):

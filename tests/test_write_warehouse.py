@@ -258,6 +258,34 @@ def test_restarting_a_run_id_resets_it_instead_of_failing(wh: DuckDBWarehouse) -
     assert (run["status"], run["command"], run["error"]) == ("running", "scan --resume", None)
 
 
+def test_a_restarted_run_id_keeps_its_start_and_counts_every_attempts_rows(
+    wh: DuckDBWarehouse,
+) -> None:
+    # Attempt 1 commits two rows and is killed: its record stays "running", no counts.
+    wh.start_run("run-1", "scan", "{}", "v1")
+    [first] = wh.query_runs(10)
+    wh.upsert_scans([make_scan(video_id="a"), make_unscored(video_id="b")])
+    # Attempt 2 skips them (already scanned), writes the third, and counts only it.
+    wh.start_run("run-1", "scan", "{}", "v1")
+    wh.upsert_scans([make_scan(video_id="c"), make_scan(video_id="x", run_id="other")])
+    wh.finish_run("run-1", "succeeded", {"scored": 1}, None)
+
+    [run] = wh.query_runs(10)
+    assert run["started_at"] == first["started_at"]
+    assert json.loads(run["counts_by_status"]) == {"no_face": 1, "scored": 2}
+    assert run["videos_total"] == 3
+
+
+def test_a_failed_attempt_keeps_the_rows_it_counted_but_had_not_committed(
+    wh: DuckDBWarehouse,
+) -> None:
+    wh.start_run("run-1", "scan", "{}", "v1")
+    wh.upsert_scans([make_scan(video_id="a")])
+    wh.finish_run("run-1", "failed", {"scored": 3}, "WarehouseUnavailable: gone")
+    [run] = wh.query_runs(10)
+    assert json.loads(run["counts_by_status"]) == {"scored": 3}
+
+
 def test_finish_run_refuses_unknown_run_and_status(wh: DuckDBWarehouse) -> None:
     with pytest.raises(LookupError, match="no run 'ghost'"):
         wh.finish_run("ghost", "succeeded", {}, None)
