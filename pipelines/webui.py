@@ -36,8 +36,9 @@ from operators.write_warehouse import (
     duckdb_path,
     warehouse_class,
 )
-from pipelines.config import AggregateConfig, ConfigError
+from pipelines.config import AggregateConfig, ConfigError, TimeWindow
 from pipelines.limits_cli import _within
+from pipelines.window_cli import add_window_arguments, resolve_window
 from schemas.arrow import VIDEO_SCANS_SCHEMA
 from schemas.records import VideoStatus
 from schemas.warehouse import SCAN_RUNS_SCHEMA, quote_identifier
@@ -156,10 +157,10 @@ class ScanQueries:
             if value is not None:
                 where.append(f"{quote_identifier(column)} = {p}")
                 params.append(value)
-        if f.since is not None:
+        if f.since_dt is not None:
             where.append(f"scanned_at >= {p}")
             params.append(f.since_dt)
-        if f.until is not None:
+        if f.until_dt is not None:
             where.append(f"scanned_at < {p}")
             params.append(f.until_dt)
         if f.min_score is not None:
@@ -298,6 +299,8 @@ class VideoFilters:
     until: dt.date | None = None  # scanned on or before this UTC day
     min_score: float | None = None
     max_score: float | None = None
+    # The report's --since/--until, read as scan reads them: [since, until), instants.
+    window: TimeWindow | None = None
 
     @classmethod
     def parse(cls, args: Mapping[str, str]) -> VideoFilters:
@@ -327,11 +330,15 @@ class VideoFilters:
 
     @property
     def since_dt(self) -> dt.datetime | None:
+        if self.window is not None:
+            return self.window.since
         return _utc_midnight(self.since) if self.since else None
 
     @property
     def until_dt(self) -> dt.datetime | None:
         """Exclusive end: midnight after ``until``, so the whole day is in."""
+        if self.window is not None:
+            return self.window.until
         return _utc_midnight(self.until + dt.timedelta(days=1)) if self.until else None
 
     def as_query(self) -> dict[str, str]:
@@ -887,18 +894,15 @@ def _data_uri(jpeg: bytes) -> str:
 def render_report(
     browser: ScanBrowser,
     run_id: str | None = None,
-    since: dt.date | None = None,
-    until: dt.date | None = None,
+    window: TimeWindow | None = None,
     max_videos: int = REPORT_MAX_VIDEOS,
     generated_at: dt.datetime | None = None,
 ) -> str:
     """The UI's views as one HTML file: runs, videos, and a section per video with its
     thumbnails inlined as data: URIs, so it can be attached to a ticket."""
-    if run_id is not None and (since or until):
+    if run_id is not None and window is not None:
         raise ConfigError("a report covers one run or a date range, not both")
-    if since and until and since > until:
-        raise ConfigError(f"--since {since} is after --until {until}")
-    filters = VideoFilters(run_id=run_id, since=since, until=until)
+    filters = VideoFilters(run_id=run_id, window=window)
 
     def thumb(row: Row, face: dict[str, Any]) -> str:
         data = browser.crop(
@@ -934,11 +938,7 @@ def render_report(
         videos = [video_context(browser, wh, r, links, THUMBS_REPORT) for r in detailed]
         sections = {str(v["anchor"]) for v in videos}  # rows the video table links
         run_list = run_views(wh, runs)
-    scope = (
-        f"run {run_id}"
-        if run_id
-        else f"videos scanned {since or 'any time'} .. {until or 'now'} (UTC days)"
-    )
+    scope = f"run {run_id}" if run_id else f"videos scanned in {window or TimeWindow()} (UTC)"
     return (
         template_env()
         .get_template("report.html")
@@ -987,8 +987,7 @@ def register(sub: Any) -> None:
         else:
             p.add_argument("--out", required=True, help="the HTML file to write")
             p.add_argument("--run-id", help="one run's videos")
-            p.add_argument("--since", type=dt.date.fromisoformat, help="first UTC day (scanned)")
-            p.add_argument("--until", type=dt.date.fromisoformat, help="last UTC day (scanned)")
+            add_window_arguments(p, "scanned")
             p.add_argument(
                 "--max-videos",
                 type=_positive(int),
@@ -1056,9 +1055,8 @@ def run_ui_command(args: argparse.Namespace) -> int:
 def run_report_command(args: argparse.Namespace) -> int:
     if args.run_id and (args.since or args.until):
         raise ConfigError("pass --run-id or --since/--until, not both")
-    html = render_report(
-        _browser(args), args.run_id, args.since, args.until, max_videos=args.max_videos
-    )
+    window = resolve_window(args.since, args.until)
+    html = render_report(_browser(args), args.run_id, window, max_videos=args.max_videos)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(out.name + ".tmp")

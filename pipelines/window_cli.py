@@ -25,20 +25,31 @@ def _instant_text(text: str) -> str:
     return text
 
 
-def add_window_arguments(p: argparse.ArgumentParser) -> None:
+def add_window_arguments(p: argparse.ArgumentParser, what: str = "uploaded") -> None:
+    """``--since/--until`` on videos ``what`` (uploaded: scan; scanned: report)."""
     p.add_argument(
         "--since",
         type=_instant_text,
         metavar="DATE",
-        help=f"only videos uploaded at or after DATE: {DATE_HELP}",
+        help=f"only videos {what} at or after DATE: {DATE_HELP}",
     )
     p.add_argument(
         "--until",
         type=_instant_text,
         metavar="DATE",
-        help="only videos uploaded before DATE (same forms); nightly: --since yesterday"
+        help=f"only videos {what} before DATE (same forms); last night: --since yesterday"
         " --until today",
     )
+
+
+def resolve_window(
+    since_text: str | None, until_text: str | None, now: dt.datetime | None = None
+) -> TimeWindow | None:
+    """The window of the two flags (None without either), on one reading of the clock."""
+    now = now or dt.datetime.now(dt.timezone.utc)
+    since = parse_instant(since_text, now) if since_text is not None else None
+    until = parse_instant(until_text, now) if until_text is not None else None
+    return None if since is None and until is None else TimeWindow(since, until)
 
 
 def window_from_args(args: argparse.Namespace, now: dt.datetime | None = None) -> TimeWindow | None:
@@ -46,10 +57,7 @@ def window_from_args(args: argparse.Namespace, now: dt.datetime | None = None) -
     date-partitioned INPUT needs both ends, on UTC midnights."""
     from operators.list_videos import expand_date_template, is_date_template
 
-    now = now or dt.datetime.now(dt.timezone.utc)
-    since = parse_instant(args.since, now) if args.since is not None else None
-    until = parse_instant(args.until, now) if args.until is not None else None
-    window = None if since is None and until is None else TimeWindow(since, until)
+    window = resolve_window(args.since, args.until, now)
     if is_date_template(args.input):
         expand_date_template(args.input, window)  # pure: fails here, before any model loads
     return window

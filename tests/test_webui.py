@@ -408,15 +408,27 @@ def test_report_of_a_run_is_one_self_contained_file(browser: ScanBrowser, scanne
     assert EVIL_URI not in html  # another run: not in this report
 
 
-def test_report_command_writes_a_date_range(scanned: Scanned, tmp_path: Path) -> None:
-    today = dt.datetime.now(dt.timezone.utc).date().isoformat()
+def test_report_command_writes_a_date_range(
+    scanned: Scanned, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    today = dt.datetime.now(dt.timezone.utc).date()
     out = tmp_path / "r" / "report.html"
     args = ["report", "--warehouse", scanned.warehouse, "--faces", scanned.faces]
-    assert main([*args, "--out", str(out), "--since", today, "--until", today]) == 0
+    assert main([*args, "--out", str(out), "--since", "today"]) == 0
     html = out.read_text()
     assert html.count('<section class="video"') == 4  # every row scanned today
+    assert f"[{today.isoformat()}T00:00:00+00:00, +inf)" in html
     assert "&lt;script&gt;alert(&#34;uri&#34;)" in html and "<script" not in html
-    assert main([*args, "--out", str(out), "--run-id", RUN_ID, "--since", today]) == 2
+    # The window reads as scan's: [since, until), so yesterday's report has none of today.
+    assert main([*args, "--out", str(out), "--since", "yesterday", "--until", "today"]) == 0
+    assert '<section class="video"' not in out.read_text()
+    tomorrow = (today + dt.timedelta(days=1)).isoformat()
+    assert main([*args, "--out", str(out), "--since", str(today), "--until", tomorrow]) == 0
+    assert out.read_text().count('<section class="video"') == 4
+    capsys.readouterr()
+    assert main([*args, "--out", str(out), "--since", "today", "--until", "today"]) == 2
+    assert "the window is empty" in capsys.readouterr().err
+    assert main([*args, "--out", str(out), "--run-id", RUN_ID, "--since", "today"]) == 2
     assert main([*args, "--out", str(out), "--run-id", "no-such-run"]) == 2
 
 
