@@ -977,7 +977,9 @@ def register(sub: Any) -> None:
             help=f"warehouse URL (default: duckdb://{DEFAULT_OUT}/scans.duckdb, in this directory)",
         )
         p.add_argument(
-            "--faces", default=f"{DEFAULT_OUT}/faces", help="face shards URI (a scan's OUT/faces)"
+            "--faces",
+            help=f"face shards URI, a scan's OUT/faces (default: {DEFAULT_OUT}/faces; the"
+            " pages show no thumbnails when it holds none)",
         )
         p.add_argument("--storage-options", help="JSON object passed to fsspec (e.g. endpoint)")
         if name == "ui":
@@ -998,11 +1000,20 @@ def register(sub: Any) -> None:
 
 
 def _browser(args: argparse.Namespace) -> ScanBrowser:
+    from operators.read_shards import require_faces_root
     from pipelines.cli import DEFAULT_OUT, _storage_options, default_warehouse
 
     url = args.warehouse or default_warehouse(DEFAULT_OUT)
     open_reader(url)  # a bad URL fails now, with one line
-    return ScanBrowser(url, args.faces, _storage_options(args.storage_options))
+    options = _storage_options(args.storage_options)
+    faces = args.faces or f"{DEFAULT_OUT}/faces"
+    try:
+        require_faces_root(faces, options)
+    except ConfigError as err:
+        if args.faces is not None:
+            raise  # a path the user gave that names nothing is a typo, not "no faces"
+        print(f"dfscan {args.command}: {err}; the pages show no thumbnails", file=sys.stderr)
+    return ScanBrowser(url, faces, options)
 
 
 # argparse type: a TCP port. 0 asks the OS for a free one; the banner shows which.

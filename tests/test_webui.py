@@ -434,12 +434,14 @@ def test_report_command_writes_a_date_range(
 
 # ---------------------------------------------------------------- `dfscan ui` flags
 @pytest.fixture
-def empty_warehouse(tmp_path: Path) -> str:
-    """A DuckDB file with no scans yet: enough for `dfscan ui` to get as far as listening."""
+def empty_scan(tmp_path: Path) -> list[str]:
+    """--warehouse and --faces of a scan that wrote nothing yet: a DuckDB file with no
+    scans and an empty faces folder, enough for `dfscan ui` to get as far as listening."""
     import duckdb
 
     duckdb.connect(str(tmp_path / "scans.duckdb")).close()
-    return f"duckdb://{tmp_path}/scans.duckdb"
+    (tmp_path / "faces").mkdir()
+    return ["--warehouse", f"duckdb://{tmp_path}/scans.duckdb", "--faces", str(tmp_path / "faces")]
 
 
 @pytest.mark.parametrize("port", ["-1", "65536", "70000"])
@@ -454,25 +456,50 @@ def test_a_port_outside_0_to_65535_is_an_argparse_error(
 
 
 def test_a_port_in_use_is_one_line_and_no_banner(
-    empty_warehouse: str, capsys: pytest.CaptureFixture[str]
+    empty_scan: list[str], capsys: pytest.CaptureFixture[str]
 ) -> None:
     with socket.create_server(("127.0.0.1", 0)) as taken:
         port = taken.getsockname()[1]
-        code = _exit_code(["ui", "--warehouse", empty_warehouse, "--port", str(port)])
+        code = _exit_code(["ui", *empty_scan, "--port", str(port)])
     assert code == 2
     err = capsys.readouterr().err
     assert err == f"dfscan: error: cannot listen on 127.0.0.1:{port}: Address already in use\n"
 
 
 def test_a_host_it_cannot_listen_on_is_one_line_and_no_banner(
-    empty_warehouse: str, capsys: pytest.CaptureFixture[str]
+    empty_scan: list[str], capsys: pytest.CaptureFixture[str]
 ) -> None:
     # 192.0.2.1 is TEST-NET-1 (RFC 5737): on no interface, and no DNS lookup to wait for.
-    argv = ["ui", "--warehouse", empty_warehouse, "--host", "192.0.2.1", "--port", "8000"]
+    argv = ["ui", *empty_scan, "--host", "192.0.2.1", "--port", "8000"]
     assert _exit_code(argv) == 2
     err = capsys.readouterr().err
     assert err.startswith("dfscan: error: cannot listen on 192.0.2.1:8000: ")
     assert err.count("\n") == 1  # and no "dfscan ui: http://..." banner before it
+
+
+@pytest.mark.parametrize("command", ["ui", "report"])
+def test_a_faces_path_that_names_nothing_is_refused_unless_it_is_the_default(
+    command: str,
+    empty_scan: list[str],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    # ui: an address it cannot listen on, so a missed check ends at once, not serving.
+    rest = ["--out", str(tmp_path / "r.html")]
+    if command == "ui":
+        rest = ["--host", "192.0.2.1", "--port", "8000"]
+    typo = [*empty_scan[:2], "--faces", str(tmp_path / "facse")]
+    assert _exit_code([command, *typo, *rest]) == 2
+    err = capsys.readouterr().err
+    where = tmp_path / "facse"
+    assert err == (
+        f"dfscan: error: no face shards at {where}: nothing is there (give a scan's OUT/faces)\n"
+    )
+    if command == "report":  # the default (./out/faces) may be absent: said, not refused
+        monkeypatch.chdir(tmp_path)
+        assert main([command, *empty_scan[:2], *rest]) == 0
+        assert "no face shards at out/faces: nothing is there" in capsys.readouterr().err
 
 
 def _exit_code(argv: list[str]) -> int | str | None:
