@@ -78,7 +78,8 @@ class ScanConsole:
         if skipped or duplicates:
             self.console.print(
                 f"skipped {skipped} already in the warehouse (--rescan to redo) · "
-                f"{duplicates} duplicate URIs of videos decoded once"
+                f"{duplicates} more URIs of the same bytes as a listed one (recorded, not"
+                " decoded again)"
             )
         listing = getattr(summary, "listing", None)
         if listing is not None and (listing.outside_window or listing.no_time or listing.no_uri):

@@ -152,7 +152,7 @@ def test_warehouse_lookups_agree_on_postgres(folder, postgres_url) -> None:
 
 @pytest.mark.slow
 def test_a_second_scan_decodes_nothing_and_rescan_decodes_again(
-    tmp_path: Path, tiny_checkpoint: Path
+    tmp_path: Path, tiny_checkpoint: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     from pipelines.cli import main
     from pipelines.config import DetectorConfig, SamplingConfig, ScanConfig, ScorerConfig
@@ -201,7 +201,12 @@ def test_a_second_scan_decodes_nothing_and_rescan_decodes_again(
 
     args = ["scan", str(videos), "--out", str(out), "--model", str(tiny_checkpoint)]
     args += ["--frames", "uniform:4", "--run-id", "run-3", "--rescan", "--no-progress"]
+    capsys.readouterr()
     assert main(args) == 0
+    assert (
+        "skipped 0 already in the warehouse (--rescan to redo) · 1 more URIs of the same"
+        " bytes as a listed one (recorded, not decoded again)"
+    ) in " ".join(capsys.readouterr().out.split())  # rich wraps at the terminal width
     with build_warehouse(url) as wh:
         rows = wh.query_scans()
     assert len(rows) == 2 and {r["run_id"] for r in rows} == {"run-3"}
