@@ -125,7 +125,8 @@ def run_outcome(
     ``committed`` holds ``(status, n)`` rows of the scans table under the run id: they
     cover every attempt of a run id that was started again, which this attempt's own
     counts do not (it skipped what the killed one wrote). Per status the larger count
-    is kept: a failed attempt may have counted rows it never committed.
+    is kept: another run may have replaced some of this one's rows meanwhile, and the
+    record still says what this run wrote.
     """
     if status not in RUN_STATUSES or status == "running":
         raise ValueError(f"a run finishes as 'succeeded' or 'failed', not {status!r}")

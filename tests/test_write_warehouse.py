@@ -276,14 +276,15 @@ def test_a_restarted_run_id_keeps_its_start_and_counts_every_attempts_rows(
     assert run["videos_total"] == 3
 
 
-def test_a_failed_attempt_keeps_the_rows_it_counted_but_had_not_committed(
+def test_a_run_whose_rows_another_run_replaced_still_counts_what_it_wrote(
     wh: DuckDBWarehouse,
 ) -> None:
     wh.start_run("run-1", "scan", "{}", "v1")
-    wh.upsert_scans([make_scan(video_id="a")])
-    wh.finish_run("run-1", "failed", {"scored": 3}, "WarehouseUnavailable: gone")
+    wh.upsert_scans([make_scan(video_id="a"), make_scan(video_id="b")])
+    wh.upsert_scans([make_scan(video_id="b", run_id="run-2")])  # a --rescan meanwhile
+    wh.finish_run("run-1", "succeeded", {"scored": 2}, None)
     [run] = wh.query_runs(10)
-    assert json.loads(run["counts_by_status"]) == {"scored": 3}
+    assert json.loads(run["counts_by_status"]) == {"scored": 2}
 
 
 def test_finish_run_refuses_unknown_run_and_status(wh: DuckDBWarehouse) -> None:
