@@ -323,6 +323,11 @@ class FrameDecoder:
     ) -> DecodedVideo:
         stats = DecodeStats()
         index = self._packet_index(container, stream, meta)
+        if index is not None:
+            # The frames the file holds, not what its header says: a duration-based
+            # estimate (Matroska, WebM), an edit list's hidden frames or a cut upload
+            # would put samples past the last frame, where they are never found.
+            meta = _replace_count(meta, len(index.pts))
         frames = self._iter_frames(container, stream, meta, stats, deadline, start_s, index)
         return DecodedVideo(meta=meta, frames=frames, stats=stats)
 
@@ -333,8 +338,8 @@ class FrameDecoder:
         benchmark corpus) and pays for seeks and for skipping non-reference frames."""
         if self.sampling.policy != "uniform" or not meta.frame_count:
             return None
-        if not (self.seek or self.skip_nonref):
-            return None
+        if not (self.seek or self.skip_nonref) and stream.frames:
+            return None  # the container counted its frames; no saving asks for an index
         if container.format.name in ("h264", "hevc"):
             return None  # raw elementary streams have no timestamps to index by
         packets: list[tuple[int, bool]] = []

@@ -292,3 +292,36 @@ def test_a_seek_that_misses_its_keyframe_decodes_through_instead(
     video, frames = decode(clip, "uniform:6")
     assert video.stats.seeks_missed == 1 and not video.stats.notes  # complete: no error
     assert_same_frames(frames, reference)
+
+
+def test_matroska_samples_span_its_frames_not_its_header_duration(tmp_path: Path):
+    # Timestamps start 1 s in (a cut or a recorder's clock): the segment duration counts
+    # from 0, so duration x rate says 65 frames where the file holds 40.
+    clip = encode_clip(
+        tmp_path / "late_start.mkv",
+        noise_frames(40, (64, 48)),
+        pts=[25 + i for i in range(40)],
+        container_format="matroska",
+    )
+    video, frames = decode(clip, "uniform:8")
+    assert video.meta.frame_count == 40
+    assert [f.index for f in frames] == uniform_indices(40, 8)
+    reference, _ = decode_through(clip, "uniform:8")
+    assert_same_frames(frames, reference)
+
+
+def test_a_cut_upload_spreads_its_samples_over_the_frames_before_the_cut(tmp_path: Path):
+    # moov first (as platforms store uploads), then cut at 30%: the header still
+    # declares 100 frames, about 30 of which are in the file.
+    whole = encode_clip(
+        tmp_path / "whole.mp4",
+        noise_frames(100, (160, 120)),
+        gop=10,
+        container_options={"movflags": "+faststart"},
+    )
+    cut = truncate(whole, tmp_path / "cut.mp4", whole.stat().st_size * 3 // 10)
+    video, frames = decode(cut, "uniform:8")
+    count = video.meta.frame_count or 0
+    assert 20 < count < 40
+    assert len(frames) >= 7  # the last packet may be cut through
+    assert [f.index for f in frames] == uniform_indices(count, 8)[: len(frames)]
