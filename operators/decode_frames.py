@@ -319,7 +319,7 @@ class FrameDecoder:
         stream: Any,
         meta: VideoMeta,
         deadline: float | None,
-        start_s: float,
+        start_s: float | None,
     ) -> DecodedVideo:
         stats = DecodeStats()
         index = self._packet_index(container, stream, meta)
@@ -366,7 +366,7 @@ class FrameDecoder:
         meta: VideoMeta,
         stats: DecodeStats,
         deadline: float | None,
-        start_s: float,
+        start_s: float | None,
         index: PacketIndex | None = None,
     ) -> Iterator[Frame]:
         ctx = stream.codec_context
@@ -463,7 +463,11 @@ class FrameDecoder:
             stats.frames_decoded = decoded
             if decoded > self.limits.max_frames:
                 self._check_frames(decoded, "decoded")  # the header under-declared
-            pts_s = float(frame.time) - start_s if frame.time is not None else frame_index / fps
+            pts_s = frame_index / fps
+            if frame.time is not None:
+                if start_s is None:
+                    start_s = float(frame.time)  # frame 0 comes out first, seeks or not
+                pts_s = float(frame.time) - start_s
             if policy == "keyframes":
                 # Skipped frames never reach us: the index comes from the timestamp.
                 frame_index = round(pts_s * fps)
@@ -515,11 +519,14 @@ def _landed(packet: Any, index: PacketIndex, key_index: int) -> bool:
     return bool(packet.is_keyframe) and at is not None and at <= key_index
 
 
-def _start_seconds(stream: Any) -> float:
+def _start_seconds(stream: Any) -> float | None:
     """Where the stream starts, so times count from the first frame (a stream may start
     at 0.85 s). Read right after opening: once Matroska has been demuxed to the end (a
-    count, an index), it reports a different start."""
-    return float(stream.start_time * stream.time_base) if stream.start_time else 0.0
+    count, an index), it reports a different start. None when the header does not say
+    (H.264 in Matroska, probed without a decoder): the first decoded frame says."""
+    if stream.start_time is None or stream.time_base is None:
+        return None
+    return float(stream.start_time * stream.time_base)
 
 
 def _rewind(container: Any) -> bool:

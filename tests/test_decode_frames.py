@@ -325,3 +325,21 @@ def test_a_cut_upload_spreads_its_samples_over_the_frames_before_the_cut(tmp_pat
     assert 20 < count < 40
     assert len(frames) >= 7  # the last packet may be cut through
     assert [f.index for f in frames] == uniform_indices(count, 8)[: len(frames)]
+
+
+@pytest.mark.parametrize("policy", ["uniform:4", "fps:5", "keyframes"])
+def test_times_count_from_the_first_frame_when_the_header_gives_no_start(
+    tmp_path: Path, policy: str
+):
+    # H.264 in Matroska starting 1 s in: probed without a decoder (open_options),
+    # FFmpeg reports no start time for it.
+    clip = encode_clip(
+        tmp_path / "late_start.mkv",
+        noise_frames(20, (64, 48)),
+        pts=[25 + i for i in range(20)],
+        gop=5,
+        container_format="matroska",
+    )
+    _, frames = decode(clip, policy)
+    assert frames[0].index == 0 and frames[0].pts_s == 0.0
+    assert [round(f.pts_s / 0.04) for f in frames] == [f.index for f in frames]
