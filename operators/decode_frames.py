@@ -299,49 +299,52 @@ class FrameDecoder:
     @contextlib.contextmanager
     def open(self, uri: str, deadline: float | None = None) -> Iterator[DecodedVideo]:
         """Open ``uri`` and yield its header facts and a lazy iterator of sampled frames."""
-        with self._open(uri) as (container, _head):
+        with contextlib.ExitStack() as stack:
+            container, _head = stack.enter_context(self._open(uri))
             stream, meta = self._probe(container)
             start_s = _start_seconds(stream)
-            counted = self.sampling.policy == "uniform" and not meta.frame_count
-            if counted:
+            if self.sampling.policy == "uniform" and not meta.frame_count:
                 meta = _replace_count(meta, self._count_packets(container, stream))
-            if not counted or _rewind(container):
-                yield self._decoded(container, stream, meta, deadline, start_s)
-                return
-        # Raw streams (h264, hevc) cannot seek back after the count: open them again.
-        with self._open(uri) as (container, _head):
-            stream, _ = self._probe(container)
-            yield self._decoded(container, stream, meta, deadline, start_s)
+                container, stream = self._rewound(stack, uri, container, stream)
+            index = None
+            if self._wants_index(container, stream, meta):
+                index = self._packet_index(container, stream)
+                container, stream = self._rewound(stack, uri, container, stream)
+            if index is not None:
+                # The frames the file holds, not what its header says: a duration-based
+                # estimate (Matroska, WebM), an edit list's hidden frames or a cut upload
+                # would put samples past the last frame, where they are never found.
+                meta = _replace_count(meta, len(index.pts))
+            stats = DecodeStats()
+            frames = self._iter_frames(container, stream, meta, stats, deadline, start_s, index)
+            yield DecodedVideo(meta=meta, frames=frames, stats=stats)
 
-    def _decoded(
-        self,
-        container: Any,
-        stream: Any,
-        meta: VideoMeta,
-        deadline: float | None,
-        start_s: float | None,
-    ) -> DecodedVideo:
-        stats = DecodeStats()
-        index = self._packet_index(container, stream, meta)
-        if index is not None:
-            # The frames the file holds, not what its header says: a duration-based
-            # estimate (Matroska, WebM), an edit list's hidden frames or a cut upload
-            # would put samples past the last frame, where they are never found.
-            meta = _replace_count(meta, len(index.pts))
-        frames = self._iter_frames(container, stream, meta, stats, deadline, start_s, index)
-        return DecodedVideo(meta=meta, frames=frames, stats=stats)
+    def _rewound(
+        self, stack: contextlib.ExitStack, uri: str, container: Any, stream: Any
+    ) -> tuple[Any, Any]:
+        """The container back at its first packet after a demuxing pass: sought, or opened
+        again where the demuxer cannot seek back (raw h264/hevc streams; a WebM upload
+        cut mid-cluster, whose Matroska demuxer refuses every seek after its EOF)."""
+        if _rewind(container):
+            return container, stream
+        stack.close()
+        container, _head = stack.enter_context(self._open(uri))
+        stream, _ = self._probe(container)
+        return container, stream
 
-    def _packet_index(self, container: Any, stream: Any, meta: VideoMeta) -> PacketIndex | None:
+    def _wants_index(self, container: Any, stream: Any, meta: VideoMeta) -> bool:
+        if self.sampling.policy != "uniform" or not meta.frame_count:
+            return False
+        if not (self.seek or self.skip_nonref) and stream.frames:
+            return False  # the container counted its frames; no saving asks for an index
+        # Raw elementary streams have no timestamps to index by.
+        return container.format.name not in ("h264", "hevc")
+
+    def _packet_index(self, container: Any, stream: Any) -> PacketIndex | None:
         """Demux (no decode) the packets' timestamps and keyframe flags for ``uniform``.
 
         Costs a read of the file's packets (about 1% of decoding them, measured on the
         benchmark corpus) and pays for seeks and for skipping non-reference frames."""
-        if self.sampling.policy != "uniform" or not meta.frame_count:
-            return None
-        if not (self.seek or self.skip_nonref) and stream.frames:
-            return None  # the container counted its frames; no saving asks for an index
-        if container.format.name in ("h264", "hevc"):
-            return None  # raw elementary streams have no timestamps to index by
         packets: list[tuple[int, bool]] = []
         try:
             for packet in container.demux(stream):
@@ -355,8 +358,6 @@ class FrameDecoder:
                     break
         except (av.error.FFmpegError, ValueError):
             pass  # a damaged tail: index what demuxed; decode meets the damage later
-        if not _rewind(container):
-            raise DecodeError("the container cannot seek back after indexing")
         return PacketIndex.build(packets)
 
     def _iter_frames(

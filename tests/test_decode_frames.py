@@ -343,3 +343,22 @@ def test_times_count_from_the_first_frame_when_the_header_gives_no_start(
     _, frames = decode(clip, policy)
     assert frames[0].index == 0 and frames[0].pts_s == 0.0
     assert [round(f.pts_s / 0.04) for f in frames] == [f.index for f in frames]
+
+
+def test_a_webm_cut_before_its_cues_decodes_the_frames_before_the_cut(tmp_path: Path):
+    # One long GOP starting 1 s in, cut at 30%: after indexing to the cut, the Matroska
+    # demuxer refuses to seek back to the start (EPERM), so the file is opened again.
+    whole = encode_clip(
+        tmp_path / "whole.webm",
+        noise_frames(150, (320, 180)),
+        codec="libvpx-vp9",
+        options={"deadline": "realtime", "cpu-used": "8"},
+        pts=[25 + i for i in range(150)],
+        gop=1000,
+    )
+    cut = truncate(whole, tmp_path / "cut.webm", whole.stat().st_size * 3 // 10)
+    video, frames = decode(cut, "uniform:8")
+    count = video.meta.frame_count or 0
+    assert 10 < count < 100
+    assert [f.index for f in frames] == uniform_indices(count, 8)
+    assert frames[0].pts_s == 0.0
