@@ -155,6 +155,10 @@ def _classify_open_failure(head: bytes, err: Exception) -> Exception:
     return DecodeError(f"{mime} container could not be opened: {err}")
 
 
+def _is_cover_art(stream: Any) -> bool:
+    return av.stream.Disposition.attached_pic in stream.disposition
+
+
 def _rotation_of(frame: Any) -> int:
     return int(getattr(frame, "rotation", 0) or 0) % 360
 
@@ -249,10 +253,12 @@ class FrameDecoder:
             )
 
     def _probe(self, container: Any) -> tuple[Any, VideoMeta]:
-        if not container.streams.video:
-            kinds = sorted({s.type for s in container.streams}) or ["none"]
-            raise UnsupportedMedia(f"no video stream (streams: {', '.join(kinds)})")
-        stream = container.streams.video[0]
+        # Cover art (music, podcasts) is a one-picture "video" stream: not a video.
+        videos = [s for s in container.streams.video if not _is_cover_art(s)]
+        if not videos:
+            kinds = sorted({"cover art" if _is_cover_art(s) else s.type for s in container.streams})
+            raise UnsupportedMedia(f"no video stream (streams: {', '.join(kinds or ['none'])})")
+        stream = videos[0]
         ctx = stream.codec_context
         if ctx is None or not ctx.name:
             raise UnsupportedMedia("video stream has no decoder in this FFmpeg build")

@@ -88,6 +88,28 @@ def write_audio_only(path: Path, seconds: float = 1.0) -> Path:
     return path
 
 
+def write_audio_with_cover(path: Path, cover_rgb: np.ndarray) -> Path:
+    """An MP4 of audio whose cover art (a picture with the ``attached_pic`` disposition,
+    as music and podcast files carry) FFmpeg exposes as a one-frame video stream."""
+    h, w = cover_rgb.shape[:2]
+    with av.open(str(path), "w", format="mp4") as out:
+        audio = out.add_stream("aac", rate=16000)
+        cover = out.add_stream("mjpeg")
+        cover.width, cover.height, cover.pix_fmt = w, h, "yuvj420p"
+        cover.disposition = av.stream.Disposition.attached_pic
+        picture = av.VideoFrame.from_ndarray(np.ascontiguousarray(cover_rgb), format="rgb24")
+        picture.pts = 0
+        for packet in [*cover.encode(picture), *cover.encode()]:
+            out.mux(packet)
+        silence = av.AudioFrame.from_ndarray(
+            np.zeros((1, 1024), np.float32), format="fltp", layout="mono"
+        )
+        silence.sample_rate, silence.pts = 16000, 0
+        for packet in [*audio.encode(silence), *audio.encode()]:
+            out.mux(packet)
+    return path
+
+
 def truncate(src: Path, dst: Path, keep: int) -> Path:
     dst.write_bytes(src.read_bytes()[:keep])
     return dst

@@ -20,7 +20,14 @@ from operators.errors import DecodeError, UnsupportedMedia, VideoTimeout, VideoT
 from pipelines.config import LimitsConfig, SamplingConfig
 from schemas.records import Frame
 from tests.conftest import IMAGES, REAL_VIDEOS
-from tests.media import encode_clip, noise_frames, truncate, write_audio_only, write_video
+from tests.media import (
+    encode_clip,
+    noise_frames,
+    truncate,
+    write_audio_only,
+    write_audio_with_cover,
+    write_video,
+)
 
 HAMILTON = REAL_VIDEOS / "hamilton_clip.mp4"
 
@@ -362,3 +369,12 @@ def test_a_webm_cut_before_its_cues_decodes_the_frames_before_the_cut(tmp_path: 
     assert 10 < count < 100
     assert [f.index for f in frames] == uniform_indices(count, 8)
     assert frames[0].pts_s == 0.0
+
+
+def test_audio_with_cover_art_is_unsupported_not_a_one_frame_video(
+    tmp_path: Path, obama_rgb: np.ndarray
+):
+    # A song or podcast upload: its cover photo (a face) is not a frame of a video.
+    audio = write_audio_with_cover(tmp_path / "song.m4a", obama_rgb[:, :160])
+    with pytest.raises(UnsupportedMedia, match="no video stream"):
+        decode(audio)
