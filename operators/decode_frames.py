@@ -33,6 +33,7 @@ import struct
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from fractions import Fraction
 from typing import Any
 
 import av
@@ -161,6 +162,18 @@ def _is_cover_art(stream: Any) -> bool:
 
 def _rotation_of(frame: Any) -> int:
     return int(getattr(frame, "rotation", 0) or 0) % 360
+
+
+def _square_pixel_size(
+    width: int, height: int, sar: Fraction | None, max_pixels: int
+) -> dict[str, int]:
+    """The size a player shows an anamorphic frame at (stored width times the sample
+    aspect ratio), as ``reformat`` arguments; none for square pixels, for a ratio no
+    camera writes (beyond 1:4 and 4:1) and for a size over the pixel limit."""
+    if not sar or sar == 1 or not Fraction(1, 4) <= sar <= 4:
+        return {}
+    shown = max(1, round(width * sar))
+    return {"width": shown, "height": height} if shown * height <= max_pixels else {}
 
 
 def _rotate(image: np.ndarray, rotation: int) -> np.ndarray:
@@ -493,8 +506,10 @@ class FrameDecoder:
                 continue
             if rotation is None:
                 rotation = stats.rotation = _rotation_of(frame)
+            sar = stream.sample_aspect_ratio or ctx.sample_aspect_ratio
+            shown = _square_pixel_size(frame.width, frame.height, sar, self.limits.max_pixels)
             try:
-                image = _rotate(frame.to_ndarray(format="bgr24"), rotation)
+                image = _rotate(frame.to_ndarray(format="bgr24", **shown), rotation)
             except (av.error.FFmpegError, ValueError) as err:
                 # swscale refuses some decoded frames (a crafted colour description:
                 # ENOTSUP, found by fuzzing); like a decode failure, not a bug.

@@ -183,6 +183,7 @@ def encode_clip(
     rotation: int = 0,
     gop: int | None = None,
     container_options: dict[str, str] | None = None,
+    sample_aspect_ratio: Fraction | None = None,
 ) -> Path:
     """Encode RGB ``frames`` with any codec and pixel format PyAV's FFmpeg can write.
 
@@ -190,6 +191,7 @@ def encode_clip(
     ``dts_order`` the packets keep increasing decode times and carry ``pts`` as given,
     which is how a muxer lets decreasing presentation times into a file.
     ``audio_streams`` adds that many short silent AAC tracks (a "many streams" file).
+    ``sample_aspect_ratio`` makes the pixels non-square (anamorphic video).
     """
     h, w = frames[0].shape[:2]
     tb = time_base or Fraction(1, fps)
@@ -205,6 +207,8 @@ def encode_clip(
         stream.time_base = tb
         if gop is not None:
             stream.codec_context.gop_size = gop
+        if sample_aspect_ratio is not None:
+            stream.codec_context.sample_aspect_ratio = sample_aspect_ratio
         if rotation:
             stream.set_display_rotation(rotation)
         audio = [out.add_stream("aac", rate=16000) for _ in range(audio_streams)]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from fractions import Fraction
 from pathlib import Path
 
 import av
@@ -378,3 +379,19 @@ def test_audio_with_cover_art_is_unsupported_not_a_one_frame_video(
     audio = write_audio_with_cover(tmp_path / "song.m4a", obama_rgb[:, :160])
     with pytest.raises(UnsupportedMedia, match="no video stream"):
         decode(audio)
+
+
+@pytest.mark.parametrize(("sar", "shown"), [(Fraction(2), (120, 160)), (Fraction(1, 2), (120, 40))])
+def test_anamorphic_frames_are_shown_with_square_pixels(
+    tmp_path: Path, sar: Fraction, shown: tuple[int, int]
+):
+    # 80x120 stored; a player shows it 160x120 (or 40x120): a 20x40 stored mark is a
+    # 40x40 (10x40) square, and faces keep their proportions for the detector.
+    img = np.zeros((120, 80, 3), np.uint8)
+    img[40:80, 30:50] = 255
+    clip = encode_clip(tmp_path / "anamorphic.mp4", [img] * 5, sample_aspect_ratio=sar)
+    _, frames = decode(clip, "uniform:2")
+    assert frames[0].image.shape[:2] == shown
+    mark = frames[0].image[..., 0] > 128
+    assert abs(int(mark.any(axis=0).sum()) - round(20 * sar)) <= 2
+    assert abs(int(mark.any(axis=1).sum()) - 40) <= 2
