@@ -119,6 +119,7 @@ class DecodeStats:
     frames_sampled: int = 0
     seconds: float = 0.0  # time spent inside the decoder, excluding the consumer's work
     rotation: int = 0  # display rotation found on the frames, degrees counter-clockwise
+    shown: tuple[int, int] | None = None  # width, height of the sampled frames as shown
     seeks: int = 0  # jumps to a keyframe made by a SeekPlan
     seeks_missed: int = 0  # seeks that landed past their keyframe (then decoded through)
     packets: int = 0  # packets sent to the decoder
@@ -521,6 +522,7 @@ class FrameDecoder:
                 stats.notes.append(f"conversion stopped at frame {frame_index}: {err}")
                 break
             stats.frames_sampled += 1
+            stats.shown = stats.shown or (image.shape[1], image.shape[0])
             stats.seconds += time.perf_counter() - t0
             taken_upto = max(taken_upto, frame_index)
             yield Frame(index=frame_index, pts_s=pts_s, image=image)

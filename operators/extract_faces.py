@@ -228,6 +228,8 @@ class FaceExtractor(Operator[VideoRef, VideoFaces]):
                     raise VideoTimeout("decode+detect exceeded the per-video time limit")
             stats = video.stats
             meta = dataclasses.replace(video.meta, rotation=stats.rotation)
+            if stats.shown is not None:  # rotated, square pixels: the frame boxes are in
+                meta = dataclasses.replace(meta, width=stats.shown[0], height=stats.shown[1])
         if stats.frames_sampled == 0:
             raise DecodeError(
                 f"no frame could be decoded ({stats.frames_decoded} frames reached the decoder)"
