@@ -492,7 +492,8 @@ class FrameDecoder:
             if policy == "keyframes":
                 # Skipped frames never reach us: the index comes from the timestamp.
                 frame_index = round(pts_s * fps)
-                take = True
+                # Some decoders (VP9, GIF) ignore NONKEY and output every frame.
+                take = bool(frame.key_frame)
             elif policy == "fps":
                 take = pts_s + 1e-6 >= next_t
                 if take:

@@ -395,3 +395,22 @@ def test_anamorphic_frames_are_shown_with_square_pixels(
     mark = frames[0].image[..., 0] > 128
     assert abs(int(mark.any(axis=0).sum()) - round(20 * sar)) <= 2
     assert abs(int(mark.any(axis=1).sum()) - 40) <= 2
+
+
+@pytest.mark.parametrize(
+    ("codec", "suffix"),
+    [("libx264", "mp4"), ("libvpx-vp9", "webm"), ("libvpx", "webm"), ("gif", "gif")],
+)
+def test_keyframes_sampling_takes_only_keyframes_from_every_decoder(
+    tmp_path: Path, codec: str, suffix: str
+):
+    # VP8, VP9 and GIF decoders ignore skip_frame=NONKEY and output every frame.
+    pix_fmt = "rgb8" if codec == "gif" else "yuv420p"
+    clip = encode_clip(
+        tmp_path / f"c.{suffix}", noise_frames(24, (64, 48)), codec=codec, pix_fmt=pix_fmt, gop=8
+    )
+    with av.open(str(clip)) as c:
+        keys = sum(bool(p.is_keyframe) for p in c.demux(video=0) if p.size)
+    _, frames = decode(clip, "keyframes")
+    assert frames and len(frames) == keys < 24
+    assert frames[0].index == 0
