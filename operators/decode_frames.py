@@ -430,6 +430,7 @@ class FrameDecoder:
         last_index = -1
         taken_upto = -1  # highest frame index yielded: never yield one twice
         landing: int | None = None  # the keyframe index a seek must land on (or before)
+        sent_pts: list[int] = []  # keyframes: the timestamps of the frames sent, ascending
         while True:
             if pending and pending[0] in seeks_left:
                 # Each planned seek happens at most once, and only forwards.
@@ -465,6 +466,10 @@ class FrameDecoder:
                         sampled = packet.pts is None or packet.pts in wanted_pts
                         ctx.skip_frame = "DEFAULT" if sampled else "NONREF"
                     stats.packets += bool(packet.size)
+                    # A frame an edit list hides (is_discard) is never shown: not ranked.
+                    displayed = packet.size and not packet.is_discard and packet.pts is not None
+                    if policy == "keyframes" and displayed:
+                        bisect.insort(sent_pts, int(packet.pts))
                     ready = ctx.decode(packet)
                     ready.reverse()  # popped from the end: output order
                 frame = ready.pop()
@@ -490,8 +495,11 @@ class FrameDecoder:
                     start_s = float(frame.time)  # frame 0 comes out first, seeks or not
                 pts_s = float(frame.time) - start_s
             if policy == "keyframes":
-                # Skipped frames never reach us: the index comes from the timestamp.
+                # Skipped frames never reach us, but their packets did: a key frame's
+                # index is its rank among them (variable frame rates: not time x rate).
                 frame_index = round(pts_s * fps)
+                if frame.pts is not None and sent_pts:
+                    frame_index = bisect.bisect_left(sent_pts, int(frame.pts))
                 # Some decoders (VP9, GIF) ignore NONKEY and output every frame.
                 take = bool(frame.key_frame)
             elif policy == "fps":

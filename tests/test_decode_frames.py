@@ -414,3 +414,19 @@ def test_keyframes_sampling_takes_only_keyframes_from_every_decoder(
     _, frames = decode(clip, "keyframes")
     assert frames and len(frames) == keys < 24
     assert frames[0].index == 0
+
+
+def test_keyframes_of_a_variable_rate_video_keep_their_frame_index(tmp_path: Path):
+    # A phone's variable frame rate: 10 fps, then 50 fps, then 10 fps again.
+    pts = [0, 100, 200, 300, 320, 340, 360, 380, 400, 420, 440, 460, 560, 660, 760, 860]
+    clip = encode_clip(
+        tmp_path / "vfr.mp4",
+        noise_frames(16, (64, 48)),
+        pts=pts,
+        fps=1000,  # timestamps in milliseconds
+        gop=4,
+        options={"x264-params": "scenecut=0"},
+    )
+    _, frames = decode(clip, "keyframes")
+    assert [f.index for f in frames] == [0, 4, 8, 12]
+    assert [round(f.pts_s, 3) for f in frames] == [0.0, 0.32, 0.4, 0.56]
