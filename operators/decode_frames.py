@@ -8,7 +8,8 @@ set packet by packet: no other frame predicts from them, so every sampled frame 
 its pixels); ``keyframes`` tells the decoder to skip every non-key frame
 (``skip_frame=NONKEY``) so the others are never reconstructed; only sampled frames are
 converted from YUV to BGR. Display rotation from the container's display matrix is
-applied to the sampled frames, so faces are upright for detection.
+applied to the sampled frames, and non-square pixels are scaled square, so faces are
+upright and in proportion for detection.
 
 Failures are typed (see ``operators.errors``): a file that is not a media container
 is ``unsupported``; a media container that FFmpeg cannot open or decode is
