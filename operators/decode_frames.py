@@ -8,7 +8,8 @@ set packet by packet: no other frame predicts from them, so every sampled frame 
 its pixels); ``keyframes`` tells the decoder to skip every non-key frame
 (``skip_frame=NONKEY``) so the others are never reconstructed; only sampled frames are
 converted from YUV to BGR. Display rotation from the container's display matrix is
-applied to the sampled frames, so faces are upright for detection.
+applied to the sampled frames, and non-square pixels are scaled square, so faces are
+upright and in proportion for detection.
 
 Failures are typed (see ``operators.errors``): a file that is not a media container
 is ``unsupported``; a media container that FFmpeg cannot open or decode is
@@ -33,6 +34,7 @@ import struct
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from fractions import Fraction
 from typing import Any
 
 import av
@@ -118,6 +120,7 @@ class DecodeStats:
     frames_sampled: int = 0
     seconds: float = 0.0  # time spent inside the decoder, excluding the consumer's work
     rotation: int = 0  # display rotation found on the frames, degrees counter-clockwise
+    shown: tuple[int, int] | None = None  # width, height of the sampled frames as shown
     seeks: int = 0  # jumps to a keyframe made by a SeekPlan
     seeks_missed: int = 0  # seeks that landed past their keyframe (then decoded through)
     packets: int = 0  # packets sent to the decoder
@@ -155,8 +158,24 @@ def _classify_open_failure(head: bytes, err: Exception) -> Exception:
     return DecodeError(f"{mime} container could not be opened: {err}")
 
 
+def _is_cover_art(stream: Any) -> bool:
+    return av.stream.Disposition.attached_pic in stream.disposition
+
+
 def _rotation_of(frame: Any) -> int:
     return int(getattr(frame, "rotation", 0) or 0) % 360
+
+
+def _square_pixel_size(
+    width: int, height: int, sar: Fraction | None, max_pixels: int
+) -> dict[str, int]:
+    """The size a player shows an anamorphic frame at (stored width times the sample
+    aspect ratio), as ``reformat`` arguments; none for square pixels, for a ratio no
+    camera writes (beyond 1:4 and 4:1) and for a size over the pixel limit."""
+    if not sar or sar == 1 or not Fraction(1, 4) <= sar <= 4:
+        return {}
+    shown = max(1, round(width * sar))
+    return {"width": shown, "height": height} if shown * height <= max_pixels else {}
 
 
 def _rotate(image: np.ndarray, rotation: int) -> np.ndarray:
@@ -249,10 +268,12 @@ class FrameDecoder:
             )
 
     def _probe(self, container: Any) -> tuple[Any, VideoMeta]:
-        if not container.streams.video:
-            kinds = sorted({s.type for s in container.streams}) or ["none"]
-            raise UnsupportedMedia(f"no video stream (streams: {', '.join(kinds)})")
-        stream = container.streams.video[0]
+        # Cover art (music, podcasts) is a one-picture "video" stream: not a video.
+        videos = [s for s in container.streams.video if not _is_cover_art(s)]
+        if not videos:
+            kinds = sorted({"cover art" if _is_cover_art(s) else s.type for s in container.streams})
+            raise UnsupportedMedia(f"no video stream (streams: {', '.join(kinds or ['none'])})")
+        stream = videos[0]
         ctx = stream.codec_context
         if ctx is None or not ctx.name:
             raise UnsupportedMedia("video stream has no decoder in this FFmpeg build")
@@ -299,44 +320,52 @@ class FrameDecoder:
     @contextlib.contextmanager
     def open(self, uri: str, deadline: float | None = None) -> Iterator[DecodedVideo]:
         """Open ``uri`` and yield its header facts and a lazy iterator of sampled frames."""
-        with self._open(uri) as (container, _head):
+        with contextlib.ExitStack() as stack:
+            container, _head = stack.enter_context(self._open(uri))
             stream, meta = self._probe(container)
             start_s = _start_seconds(stream)
-            counted = self.sampling.policy == "uniform" and not meta.frame_count
-            if counted:
+            if self.sampling.policy == "uniform" and not meta.frame_count:
                 meta = _replace_count(meta, self._count_packets(container, stream))
-            if not counted or _rewind(container):
-                yield self._decoded(container, stream, meta, deadline, start_s)
-                return
-        # Raw streams (h264, hevc) cannot seek back after the count: open them again.
-        with self._open(uri) as (container, _head):
-            stream, _ = self._probe(container)
-            yield self._decoded(container, stream, meta, deadline, start_s)
+                container, stream = self._rewound(stack, uri, container, stream)
+            index = None
+            if self._wants_index(container, stream, meta):
+                index = self._packet_index(container, stream)
+                container, stream = self._rewound(stack, uri, container, stream)
+            if index is not None:
+                # The frames the file holds, not what its header says: a duration-based
+                # estimate (Matroska, WebM), an edit list's hidden frames or a cut upload
+                # would put samples past the last frame, where they are never found.
+                meta = _replace_count(meta, len(index.pts))
+            stats = DecodeStats()
+            frames = self._iter_frames(container, stream, meta, stats, deadline, start_s, index)
+            yield DecodedVideo(meta=meta, frames=frames, stats=stats)
 
-    def _decoded(
-        self,
-        container: Any,
-        stream: Any,
-        meta: VideoMeta,
-        deadline: float | None,
-        start_s: float,
-    ) -> DecodedVideo:
-        stats = DecodeStats()
-        index = self._packet_index(container, stream, meta)
-        frames = self._iter_frames(container, stream, meta, stats, deadline, start_s, index)
-        return DecodedVideo(meta=meta, frames=frames, stats=stats)
+    def _rewound(
+        self, stack: contextlib.ExitStack, uri: str, container: Any, stream: Any
+    ) -> tuple[Any, Any]:
+        """The container back at its first packet after a demuxing pass: sought, or opened
+        again where the demuxer cannot seek back (raw h264/hevc streams; a WebM upload
+        cut mid-cluster, whose Matroska demuxer refuses every seek after its EOF)."""
+        if _rewind(container):
+            return container, stream
+        stack.close()
+        container, _head = stack.enter_context(self._open(uri))
+        stream, _ = self._probe(container)
+        return container, stream
 
-    def _packet_index(self, container: Any, stream: Any, meta: VideoMeta) -> PacketIndex | None:
+    def _wants_index(self, container: Any, stream: Any, meta: VideoMeta) -> bool:
+        if self.sampling.policy != "uniform" or not meta.frame_count:
+            return False
+        if not (self.seek or self.skip_nonref) and stream.frames:
+            return False  # the container counted its frames; no saving asks for an index
+        # Raw elementary streams have no timestamps to index by.
+        return container.format.name not in ("h264", "hevc")
+
+    def _packet_index(self, container: Any, stream: Any) -> PacketIndex | None:
         """Demux (no decode) the packets' timestamps and keyframe flags for ``uniform``.
 
         Costs a read of the file's packets (about 1% of decoding them, measured on the
         benchmark corpus) and pays for seeks and for skipping non-reference frames."""
-        if self.sampling.policy != "uniform" or not meta.frame_count:
-            return None
-        if not (self.seek or self.skip_nonref):
-            return None
-        if container.format.name in ("h264", "hevc"):
-            return None  # raw elementary streams have no timestamps to index by
         packets: list[tuple[int, bool]] = []
         try:
             for packet in container.demux(stream):
@@ -350,8 +379,6 @@ class FrameDecoder:
                     break
         except (av.error.FFmpegError, ValueError):
             pass  # a damaged tail: index what demuxed; decode meets the damage later
-        if not _rewind(container):
-            raise DecodeError("the container cannot seek back after indexing")
         return PacketIndex.build(packets)
 
     def _iter_frames(
@@ -361,7 +388,7 @@ class FrameDecoder:
         meta: VideoMeta,
         stats: DecodeStats,
         deadline: float | None,
-        start_s: float,
+        start_s: float | None,
         index: PacketIndex | None = None,
     ) -> Iterator[Frame]:
         ctx = stream.codec_context
@@ -404,6 +431,7 @@ class FrameDecoder:
         last_index = -1
         taken_upto = -1  # highest frame index yielded: never yield one twice
         landing: int | None = None  # the keyframe index a seek must land on (or before)
+        sent_pts: list[int] = []  # keyframes: the timestamps of the frames sent, ascending
         while True:
             if pending and pending[0] in seeks_left:
                 # Each planned seek happens at most once, and only forwards.
@@ -439,6 +467,10 @@ class FrameDecoder:
                         sampled = packet.pts is None or packet.pts in wanted_pts
                         ctx.skip_frame = "DEFAULT" if sampled else "NONREF"
                     stats.packets += bool(packet.size)
+                    # A frame an edit list hides (is_discard) is never shown: not ranked.
+                    displayed = packet.size and not packet.is_discard and packet.pts is not None
+                    if policy == "keyframes" and displayed:
+                        bisect.insort(sent_pts, int(packet.pts))
                     ready = ctx.decode(packet)
                     ready.reverse()  # popped from the end: output order
                 frame = ready.pop()
@@ -458,11 +490,19 @@ class FrameDecoder:
             stats.frames_decoded = decoded
             if decoded > self.limits.max_frames:
                 self._check_frames(decoded, "decoded")  # the header under-declared
-            pts_s = float(frame.time) - start_s if frame.time is not None else frame_index / fps
+            pts_s = frame_index / fps
+            if frame.time is not None:
+                if start_s is None:
+                    start_s = float(frame.time)  # frame 0 comes out first, seeks or not
+                pts_s = float(frame.time) - start_s
             if policy == "keyframes":
-                # Skipped frames never reach us: the index comes from the timestamp.
+                # Skipped frames never reach us, but their packets did: a key frame's
+                # index is its rank among them (variable frame rates: not time x rate).
                 frame_index = round(pts_s * fps)
-                take = True
+                if frame.pts is not None and sent_pts:
+                    frame_index = bisect.bisect_left(sent_pts, int(frame.pts))
+                # Some decoders (VP9, GIF) ignore NONKEY and output every frame.
+                take = bool(frame.key_frame)
             elif policy == "fps":
                 take = pts_s + 1e-6 >= next_t
                 if take:
@@ -477,8 +517,10 @@ class FrameDecoder:
                 continue
             if rotation is None:
                 rotation = stats.rotation = _rotation_of(frame)
+            sar = stream.sample_aspect_ratio or ctx.sample_aspect_ratio
+            shown = _square_pixel_size(frame.width, frame.height, sar, self.limits.max_pixels)
             try:
-                image = _rotate(frame.to_ndarray(format="bgr24"), rotation)
+                image = _rotate(frame.to_ndarray(format="bgr24", **shown), rotation)
             except (av.error.FFmpegError, ValueError) as err:
                 # swscale refuses some decoded frames (a crafted colour description:
                 # ENOTSUP, found by fuzzing); like a decode failure, not a bug.
@@ -490,6 +532,7 @@ class FrameDecoder:
                 stats.notes.append(f"conversion stopped at frame {frame_index}: {err}")
                 break
             stats.frames_sampled += 1
+            stats.shown = stats.shown or (image.shape[1], image.shape[0])
             stats.seconds += time.perf_counter() - t0
             taken_upto = max(taken_upto, frame_index)
             yield Frame(index=frame_index, pts_s=pts_s, image=image)
@@ -510,11 +553,14 @@ def _landed(packet: Any, index: PacketIndex, key_index: int) -> bool:
     return bool(packet.is_keyframe) and at is not None and at <= key_index
 
 
-def _start_seconds(stream: Any) -> float:
+def _start_seconds(stream: Any) -> float | None:
     """Where the stream starts, so times count from the first frame (a stream may start
     at 0.85 s). Read right after opening: once Matroska has been demuxed to the end (a
-    count, an index), it reports a different start."""
-    return float(stream.start_time * stream.time_base) if stream.start_time else 0.0
+    count, an index), it reports a different start. None when the header does not say
+    (H.264 in Matroska, probed without a decoder): the first decoded frame says."""
+    if stream.start_time is None or stream.time_base is None:
+        return None
+    return float(stream.start_time * stream.time_base)
 
 
 def _rewind(container: Any) -> bool:

@@ -41,6 +41,10 @@ from operators.uri_policy import UriPolicy
 from pipelines.config import CropConfig, DetectorConfig, LimitsConfig, SamplingConfig
 from schemas.records import DetectorInfo, FaceCrop, Frame, VideoFaces, VideoRef, VideoStatus
 
+# BGR frames in flight per video: 8 frames of 1080p (50 MB). Above 1080p the batch
+# shrinks to fit (4K: 2 frames, 8K: 1), so the resolution limit is not a memory limit.
+_FRAME_BYTES_IN_FLIGHT = 8 * 1920 * 1080 * 3
+
 
 def _chunks(frames: Iterator[Frame], size: int) -> Iterator[list[Frame]]:
     while chunk := list(itertools.islice(frames, size)):
@@ -69,7 +73,8 @@ class FaceExtractor(Operator[VideoRef, VideoFaces]):
         self.limits = limits
         self.storage_options = dict(storage_options or {})
         self.decode_threads = decode_threads
-        # 8 frames in flight: at 1080p that is 50 MB of BGR, the bound on frame memory.
+        # 8 frames in flight: at 1080p that is 50 MB of BGR (fewer above, see
+        # _FRAME_BYTES_IN_FLIGHT), the bound on frame memory.
         self.frames_per_batch = frames_per_batch
         if workers < 1:
             raise ValueError(f"workers must be >= 1, got {workers}")
@@ -200,7 +205,9 @@ class FaceExtractor(Operator[VideoRef, VideoFaces]):
         frames_with_face = 0
         detect_s = crop_s = 0.0
         with self._decoder.open(ref.uri, deadline) as video:
-            for chunk in _chunks(video.frames, self.frames_per_batch):
+            frame_bytes = max(1, video.meta.width * video.meta.height * 3)
+            batch = max(1, min(self.frames_per_batch, _FRAME_BYTES_IN_FLIGHT // frame_bytes))
+            for chunk in _chunks(video.frames, batch):
                 t0 = time.perf_counter()
                 detections = self._detector.detect_batch([f.image for f in chunk])
                 t1 = time.perf_counter()
@@ -228,6 +235,8 @@ class FaceExtractor(Operator[VideoRef, VideoFaces]):
                     raise VideoTimeout("decode+detect exceeded the per-video time limit")
             stats = video.stats
             meta = dataclasses.replace(video.meta, rotation=stats.rotation)
+            if stats.shown is not None:  # rotated, square pixels: the frame boxes are in
+                meta = dataclasses.replace(meta, width=stats.shown[0], height=stats.shown[1])
         if stats.frames_sampled == 0:
             raise DecodeError(
                 f"no frame could be decoded ({stats.frames_decoded} frames reached the decoder)"

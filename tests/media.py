@@ -88,6 +88,28 @@ def write_audio_only(path: Path, seconds: float = 1.0) -> Path:
     return path
 
 
+def write_audio_with_cover(path: Path, cover_rgb: np.ndarray) -> Path:
+    """An MP4 of audio whose cover art (a picture with the ``attached_pic`` disposition,
+    as music and podcast files carry) FFmpeg exposes as a one-frame video stream."""
+    h, w = cover_rgb.shape[:2]
+    with av.open(str(path), "w", format="mp4") as out:
+        audio = out.add_stream("aac", rate=16000)
+        cover = out.add_stream("mjpeg")
+        cover.width, cover.height, cover.pix_fmt = w, h, "yuvj420p"
+        cover.disposition = av.stream.Disposition.attached_pic
+        picture = av.VideoFrame.from_ndarray(np.ascontiguousarray(cover_rgb), format="rgb24")
+        picture.pts = 0
+        for packet in [*cover.encode(picture), *cover.encode()]:
+            out.mux(packet)
+        silence = av.AudioFrame.from_ndarray(
+            np.zeros((1, 1024), np.float32), format="fltp", layout="mono"
+        )
+        silence.sample_rate, silence.pts = 16000, 0
+        for packet in [*audio.encode(silence), *audio.encode()]:
+            out.mux(packet)
+    return path
+
+
 def truncate(src: Path, dst: Path, keep: int) -> Path:
     dst.write_bytes(src.read_bytes()[:keep])
     return dst
@@ -161,6 +183,7 @@ def encode_clip(
     rotation: int = 0,
     gop: int | None = None,
     container_options: dict[str, str] | None = None,
+    sample_aspect_ratio: Fraction | None = None,
 ) -> Path:
     """Encode RGB ``frames`` with any codec and pixel format PyAV's FFmpeg can write.
 
@@ -168,6 +191,7 @@ def encode_clip(
     ``dts_order`` the packets keep increasing decode times and carry ``pts`` as given,
     which is how a muxer lets decreasing presentation times into a file.
     ``audio_streams`` adds that many short silent AAC tracks (a "many streams" file).
+    ``sample_aspect_ratio`` makes the pixels non-square (anamorphic video).
     """
     h, w = frames[0].shape[:2]
     tb = time_base or Fraction(1, fps)
@@ -183,6 +207,8 @@ def encode_clip(
         stream.time_base = tb
         if gop is not None:
             stream.codec_context.gop_size = gop
+        if sample_aspect_ratio is not None:
+            stream.codec_context.sample_aspect_ratio = sample_aspect_ratio
         if rotation:
             stream.set_display_rotation(rotation)
         audio = [out.add_stream("aac", rate=16000) for _ in range(audio_streams)]

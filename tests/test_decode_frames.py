@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from fractions import Fraction
 from pathlib import Path
 
 import av
@@ -20,7 +21,14 @@ from operators.errors import DecodeError, UnsupportedMedia, VideoTimeout, VideoT
 from pipelines.config import LimitsConfig, SamplingConfig
 from schemas.records import Frame
 from tests.conftest import IMAGES, REAL_VIDEOS
-from tests.media import encode_clip, noise_frames, truncate, write_audio_only, write_video
+from tests.media import (
+    encode_clip,
+    noise_frames,
+    truncate,
+    write_audio_only,
+    write_audio_with_cover,
+    write_video,
+)
 
 HAMILTON = REAL_VIDEOS / "hamilton_clip.mp4"
 
@@ -292,3 +300,133 @@ def test_a_seek_that_misses_its_keyframe_decodes_through_instead(
     video, frames = decode(clip, "uniform:6")
     assert video.stats.seeks_missed == 1 and not video.stats.notes  # complete: no error
     assert_same_frames(frames, reference)
+
+
+def test_matroska_samples_span_its_frames_not_its_header_duration(tmp_path: Path):
+    # Timestamps start 1 s in (a cut or a recorder's clock): the segment duration counts
+    # from 0, so duration x rate says 65 frames where the file holds 40.
+    clip = encode_clip(
+        tmp_path / "late_start.mkv",
+        noise_frames(40, (64, 48)),
+        pts=[25 + i for i in range(40)],
+        container_format="matroska",
+    )
+    video, frames = decode(clip, "uniform:8")
+    assert video.meta.frame_count == 40
+    assert [f.index for f in frames] == uniform_indices(40, 8)
+    reference, _ = decode_through(clip, "uniform:8")
+    assert_same_frames(frames, reference)
+
+
+def test_a_cut_upload_spreads_its_samples_over_the_frames_before_the_cut(tmp_path: Path):
+    # moov first (as platforms store uploads), then cut at 30%: the header still
+    # declares 100 frames, about 30 of which are in the file.
+    whole = encode_clip(
+        tmp_path / "whole.mp4",
+        noise_frames(100, (160, 120)),
+        gop=10,
+        container_options={"movflags": "+faststart"},
+    )
+    cut = truncate(whole, tmp_path / "cut.mp4", whole.stat().st_size * 3 // 10)
+    video, frames = decode(cut, "uniform:8")
+    count = video.meta.frame_count or 0
+    assert 20 < count < 40
+    assert len(frames) >= 7  # the last packet may be cut through
+    assert [f.index for f in frames] == uniform_indices(count, 8)[: len(frames)]
+
+
+@pytest.mark.parametrize("policy", ["uniform:4", "fps:5", "keyframes"])
+def test_times_count_from_the_first_frame_when_the_header_gives_no_start(
+    tmp_path: Path, policy: str
+):
+    # H.264 in Matroska starting 1 s in: probed without a decoder (open_options),
+    # FFmpeg reports no start time for it.
+    clip = encode_clip(
+        tmp_path / "late_start.mkv",
+        noise_frames(20, (64, 48)),
+        pts=[25 + i for i in range(20)],
+        gop=5,
+        container_format="matroska",
+    )
+    _, frames = decode(clip, policy)
+    assert frames[0].index == 0 and frames[0].pts_s == 0.0
+    assert [round(f.pts_s / 0.04) for f in frames] == [f.index for f in frames]
+
+
+def test_a_webm_cut_before_its_cues_decodes_the_frames_before_the_cut(tmp_path: Path):
+    # One long GOP starting 1 s in, cut at 30%: after indexing to the cut, the Matroska
+    # demuxer refuses to seek back to the start (EPERM), so the file is opened again.
+    whole = encode_clip(
+        tmp_path / "whole.webm",
+        noise_frames(150, (320, 180)),
+        codec="libvpx-vp9",
+        options={"deadline": "realtime", "cpu-used": "8"},
+        pts=[25 + i for i in range(150)],
+        gop=1000,
+    )
+    cut = truncate(whole, tmp_path / "cut.webm", whole.stat().st_size * 3 // 10)
+    video, frames = decode(cut, "uniform:8")
+    count = video.meta.frame_count or 0
+    assert 10 < count < 100
+    assert [f.index for f in frames] == uniform_indices(count, 8)
+    assert frames[0].pts_s == 0.0
+
+
+def test_audio_with_cover_art_is_unsupported_not_a_one_frame_video(
+    tmp_path: Path, obama_rgb: np.ndarray
+):
+    # A song or podcast upload: its cover photo (a face) is not a frame of a video.
+    audio = write_audio_with_cover(tmp_path / "song.m4a", obama_rgb[:, :160])
+    with pytest.raises(UnsupportedMedia, match="no video stream"):
+        decode(audio)
+
+
+@pytest.mark.parametrize(("sar", "shown"), [(Fraction(2), (120, 160)), (Fraction(1, 2), (120, 40))])
+def test_anamorphic_frames_are_shown_with_square_pixels(
+    tmp_path: Path, sar: Fraction, shown: tuple[int, int]
+):
+    # 80x120 stored; a player shows it 160x120 (or 40x120): a 20x40 stored mark is a
+    # 40x40 (10x40) square, and faces keep their proportions for the detector.
+    img = np.zeros((120, 80, 3), np.uint8)
+    img[40:80, 30:50] = 255
+    clip = encode_clip(tmp_path / "anamorphic.mp4", [img] * 5, sample_aspect_ratio=sar)
+    _, frames = decode(clip, "uniform:2")
+    assert frames[0].image.shape[:2] == shown
+    mark = frames[0].image[..., 0] > 128
+    assert abs(int(mark.any(axis=0).sum()) - round(20 * sar)) <= 2
+    assert abs(int(mark.any(axis=1).sum()) - 40) <= 2
+
+
+@pytest.mark.parametrize(
+    ("codec", "suffix"),
+    [("libx264", "mp4"), ("libvpx-vp9", "webm"), ("libvpx", "webm"), ("gif", "gif")],
+)
+def test_keyframes_sampling_takes_only_keyframes_from_every_decoder(
+    tmp_path: Path, codec: str, suffix: str
+):
+    # VP8, VP9 and GIF decoders ignore skip_frame=NONKEY and output every frame.
+    pix_fmt = "rgb8" if codec == "gif" else "yuv420p"
+    clip = encode_clip(
+        tmp_path / f"c.{suffix}", noise_frames(24, (64, 48)), codec=codec, pix_fmt=pix_fmt, gop=8
+    )
+    with av.open(str(clip)) as c:
+        keys = sum(bool(p.is_keyframe) for p in c.demux(video=0) if p.size)
+    _, frames = decode(clip, "keyframes")
+    assert frames and len(frames) == keys < 24
+    assert frames[0].index == 0
+
+
+def test_keyframes_of_a_variable_rate_video_keep_their_frame_index(tmp_path: Path):
+    # A phone's variable frame rate: 10 fps, then 50 fps, then 10 fps again.
+    pts = [0, 100, 200, 300, 320, 340, 360, 380, 400, 420, 440, 460, 560, 660, 760, 860]
+    clip = encode_clip(
+        tmp_path / "vfr.mp4",
+        noise_frames(16, (64, 48)),
+        pts=pts,
+        fps=1000,  # timestamps in milliseconds
+        gop=4,
+        options={"x264-params": "scenecut=0"},
+    )
+    _, frames = decode(clip, "keyframes")
+    assert [f.index for f in frames] == [0, 4, 8, 12]
+    assert [round(f.pts_s, 3) for f in frames] == [0.0, 0.32, 0.4, 0.56]

@@ -460,3 +460,65 @@ def test_cli_bad_det_scale_is_one_line_and_exit_2(
     err = capsys.readouterr().err
     assert err.startswith("dfscan: error: argument --det-scale: ") and err.count("\n") == 1
     assert ("not a number" if value == "half" else "must be within (0, 1]") in err
+
+
+@pytest.mark.parametrize("rotation", [90, 270])
+def test_a_phone_video_row_has_the_size_its_boxes_are_in(
+    tmp_path: Path, obama_rgb: np.ndarray, rotation: int
+):
+    """Portrait phone clip stored landscape with a display matrix: faces are found
+    upright, and the video's width and height are those of the upright frame."""
+    from operators.extract_faces import FaceExtractor
+    from pipelines.config import LimitsConfig, SamplingConfig
+    from schemas.records import VideoRef, VideoStatus
+    from tests.media import encode_clip
+
+    upright = np.full((320, 240, 3), 90, np.uint8)
+    upright[80:240, 40 : 40 + obama_rgb.shape[1]] = obama_rgb[:, :200]
+    stored = np.ascontiguousarray(np.rot90(upright, k=-rotation // 90))  # shown: rotated back
+    clip = encode_clip(tmp_path / "phone.mov", [stored] * 4, rotation=rotation)
+    sampling, limits = SamplingConfig.parse("uniform:2"), LimitsConfig(isolate=False)
+    extractor = FaceExtractor(sampling, DetectorConfig.build("scrfd-500m"), CropConfig(), limits)
+    extractor.setup()
+    try:
+        result = extractor.extract(VideoRef("phone", str(clip), clip.stat().st_size))
+    finally:
+        extractor.teardown()
+    assert result.status is VideoStatus.SCORED and result.meta is not None
+    assert (result.meta.width, result.meta.height, result.meta.rotation) == (240, 320, rotation)
+    for face in result.faces:
+        x1, y1, x2, y2 = face.bbox
+        assert 40 <= x1 < x2 <= 240 and 80 <= y1 < y2 <= 240  # where the face was pasted
+
+
+def test_a_4k_upload_is_detected_a_few_frames_at_a_time(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    """Frames in flight are bounded in bytes (8 frames of 1080p BGR), not in frames: 8
+    frames of 4K would hold 200 MB, of 8K 1.6 GB, per decode worker."""
+    from operators.extract_faces import FaceExtractor
+    from pipelines.config import LimitsConfig, SamplingConfig
+    from schemas.records import VideoRef
+    from tests.media import encode_clip
+
+    clip = encode_clip(
+        tmp_path / "uhd.mp4",
+        [np.full((2160, 3840, 3), 90, np.uint8)] * 6,
+        options={"preset": "ultrafast"},
+    )
+    sampling, limits = SamplingConfig.parse("uniform:6"), LimitsConfig(isolate=False)
+    extractor = FaceExtractor(sampling, DetectorConfig.build("scrfd-500m"), CropConfig(), limits)
+    extractor.setup()
+    batches: list[int] = []
+    detect_batch = extractor._detector.detect_batch
+    monkeypatch.setattr(
+        extractor._detector,
+        "detect_batch",
+        lambda images: batches.append(len(images)) or detect_batch(images),
+    )
+    try:
+        result = extractor.extract(VideoRef("uhd", str(clip), clip.stat().st_size))
+    finally:
+        extractor.teardown()
+    assert result.frames_sampled == 6
+    assert batches == [2, 2, 2]
