@@ -208,8 +208,9 @@ def register_results(sub: Any) -> None:
 
 
 def run_results_command(args: argparse.Namespace) -> int:
-    from operators.write_warehouse import build_warehouse, duckdb_path
+    from operators.write_warehouse import duckdb_path
     from pipelines.console import print_results
+    from pipelines.webui import open_reader
     from schemas.records import VideoStatus
 
     if args.status and args.status not in {s.value for s in VideoStatus}:
@@ -221,10 +222,17 @@ def run_results_command(args: argparse.Namespace) -> int:
         path = duckdb_path(url)
         if path != ":memory:" and not Path(path).exists():
             raise ConfigError(f"no warehouse at {url}: run `dfscan scan` first or pass --warehouse")
-    warehouse = build_warehouse(url)
+    # Read-only, as the UI reads: a warehouse no scan has written to yet (a fresh
+    # PostgreSQL database, a file `dfscan train --warehouse` made) has no rows, not a
+    # missing-table traceback.
+    warehouse = open_reader(url)
     try:
-        rows = warehouse.query_scans(
-            status=args.status, limit=args.limit, model_version=args.model_version
+        rows = (
+            warehouse.query_scans(
+                status=args.status, limit=args.limit, model_version=args.model_version
+            )
+            if warehouse.table_exists(warehouse.scans_table)
+            else []
         )
     finally:
         warehouse.close()

@@ -67,3 +67,17 @@ def test_scan_summary_prints_a_bracketed_out_path_as_it_is(
     summary.add(make_scan())
     ScanConsole(enabled=False).print_summary(summary, cfg)
     assert f"faces {out}/faces" in capsys.readouterr().out
+
+
+def test_results_of_a_warehouse_without_scans_is_no_rows(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A database no scan has written to yet (here: only `dfscan train --warehouse`'s
+    table) lists nothing, as the UI does, rather than a missing-table traceback."""
+    url = f"duckdb://{tmp_path}/train-only.duckdb"
+    with DuckDBWarehouse(url) as wh:
+        wh._execute("CREATE TABLE training_runs (run_id VARCHAR)")
+    assert main(["results", "--warehouse", url, "--format", "json"]) == 0
+    assert capsys.readouterr().out == ""
+    assert main(["results", "--warehouse", url, "--status", "scored"]) == 0
+    assert "0 rows" in capsys.readouterr().out
