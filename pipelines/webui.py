@@ -51,6 +51,7 @@ if TYPE_CHECKING:
     from operators.warehouse_bigquery import BigQueryWarehouse
 
 PAGE_SIZE = 100  # videos per list page: one screen of rows, a fast query
+MAX_OFFSET = 2**63 - 1  # SQL's OFFSET is a BIGINT (DuckDB, PostgreSQL, BigQuery)
 THUMBS_UI = 64  # thumbnails on a video page: enough to see every track, not a scroll-fest
 THUMBS_REPORT = 12  # per video in a report: ~12 x 15 kB of base64 keeps a report mailable
 REPORT_MAX_VIDEOS = 200  # videos with a full section in a report (highest scores first)
@@ -828,6 +829,8 @@ def create_app(browser: ScanBrowser) -> Flask:
             offset = max(0, int(request.args.get("offset", "0") or 0))
         except ValueError:
             raise FilterError("offset must be an integer") from None
+        if offset > MAX_OFFSET:
+            raise FilterError(f"offset must be at most {MAX_OFFSET}")
         with browser.warehouse() as wh:
             if browser.has_scans(wh):
                 rows = wh.search_scans(filters, PAGE_SIZE + 1, offset)

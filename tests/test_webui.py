@@ -208,7 +208,7 @@ def test_videos_are_ordered_most_fake_looking_first(client: Any, scanned: Scanne
 @pytest.mark.parametrize(
     "query",
     ["min_score=abc", "min_score=2", "status=bogus", "label=maybe", "since=yesterday",
-     "min_score=0.9&max_score=0.1", "offset=x"],
+     "min_score=0.9&max_score=0.1", "offset=x", "offset=99999999999999999999999"],
 )  # fmt: skip
 def test_a_bad_filter_is_a_400_page(client: Any, query: str) -> None:
     resp = client.get(f"/videos?{query}")
