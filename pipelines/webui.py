@@ -930,9 +930,12 @@ def render_report(
                 runs = wh.runs(
                     since=filters.since_dt, until=filters.until_dt, limit=REPORT_MAX_ROWS
                 )
-            rows = wh.search_scans(filters, REPORT_MAX_ROWS)
+            # One row more than is shown: says whether the list was cut, not just full.
+            rows = wh.search_scans(filters, REPORT_MAX_ROWS + 1)
         else:
             runs, rows = [], []
+        truncated = len(rows) > REPORT_MAX_ROWS
+        rows = rows[:REPORT_MAX_ROWS]
         detailed = rows[:max_videos]  # highest fake_probability first
         videos = [video_context(browser, wh, r, links, THUMBS_REPORT) for r in detailed]
         sections = {str(v["anchor"]) for v in videos}  # rows the video table links
@@ -957,7 +960,7 @@ def render_report(
             sections=sections,
             videos=videos,
             omitted=len(rows) - len(detailed),
-            truncated=len(rows) >= REPORT_MAX_ROWS,
+            truncated=truncated,
         )
     )
 

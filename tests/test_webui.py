@@ -26,6 +26,7 @@ import pytest
 
 from operators.write_face_shards import read_face_shards
 from operators.write_warehouse import build_warehouse
+from pipelines import webui
 from pipelines.cli import main
 from pipelines.config import DetectorConfig, SamplingConfig, ScanConfig, ScorerConfig
 from pipelines.scan import ScanSummary, run_scan
@@ -418,6 +419,18 @@ def test_report_command_writes_a_date_range(scanned: Scanned, tmp_path: Path) ->
     assert "&lt;script&gt;alert(&#34;uri&#34;)" in html and "<script" not in html
     assert main([*args, "--out", str(out), "--run-id", RUN_ID, "--since", today]) == 2
     assert main([*args, "--out", str(out), "--run-id", "no-such-run"]) == 2
+
+
+def test_report_says_the_list_was_cut_only_when_rows_were_left_out(
+    browser: ScanBrowser, scanned: Scanned, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(webui, "REPORT_MAX_ROWS", 4)  # exactly the warehouse's rows
+    html = render_report(browser, max_videos=1)
+    assert '<h2 id="videos">Videos (4)</h2>' in html
+    monkeypatch.setattr(webui, "REPORT_MAX_ROWS", 3)
+    html = render_report(browser, max_videos=1)
+    assert '<h2 id="videos">Videos (3, list cut at that many)</h2>' in html
+    assert html.count('<td class="uri">') == 3
 
 
 # ---------------------------------------------------------------- `dfscan ui` flags
