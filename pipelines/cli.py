@@ -227,20 +227,23 @@ def run_results_command(args: argparse.Namespace) -> int:
     # missing-table traceback.
     warehouse = open_reader(url)
     try:
+        # One row more than --limit: the table can say that the listing was cut.
         rows = (
             warehouse.query_scans(
-                status=args.status, limit=args.limit, model_version=args.model_version
+                status=args.status, limit=args.limit + 1, model_version=args.model_version
             )
             if warehouse.table_exists(warehouse.scans_table)
             else []
         )
     finally:
         warehouse.close()
+    more = len(rows) > args.limit
+    rows = rows[: args.limit]
     if args.format == "json":
         for row in rows:
             print(json.dumps(row, default=str))
     else:
-        print_results(rows)
+        print_results(rows, more=more)
     return 0
 
 

@@ -107,7 +107,8 @@ RESULT_COLUMNS = (
 )
 
 
-def print_results(rows: list[dict[str, Any]]) -> None:
+def print_results(rows: list[dict[str, Any]], more: bool = False) -> None:
+    """The rows as a table; ``more``: the warehouse holds more that match."""
     console = Console()
     table = Table(show_header=True, header_style="bold")
     for col in RESULT_COLUMNS:
@@ -125,4 +126,7 @@ def print_results(rows: list[dict[str, Any]]) -> None:
             values.append(Text("" if v is None else str(v)))
         table.add_row(*values)
     console.print(table)
-    console.print(f"{len(rows)} rows")
+    if more:
+        console.print(f"{len(rows)} rows shown, newest first; more match (raise --limit)")
+    else:
+        console.print(f"{len(rows)} rows")

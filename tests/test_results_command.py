@@ -81,3 +81,17 @@ def test_results_of_a_warehouse_without_scans_is_no_rows(
     assert capsys.readouterr().out == ""
     assert main(["results", "--warehouse", url, "--status", "scored"]) == 0
     assert "0 rows" in capsys.readouterr().out
+
+
+def test_results_say_when_limit_left_matching_rows_out(
+    hostile_warehouse: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["results", "--warehouse", hostile_warehouse, "--limit", "1"]) == 0
+    assert "1 rows shown, newest first; more match (raise --limit)" in capsys.readouterr().out
+    assert main(["results", "--warehouse", hostile_warehouse, "--limit", "2"]) == 0
+    out = capsys.readouterr().out
+    assert "2 rows" in out and "more match" not in out
+    assert (
+        main(["results", "--warehouse", hostile_warehouse, "--limit", "1", "--format", "json"]) == 0
+    )
+    assert len(capsys.readouterr().out.splitlines()) == 1
