@@ -10,7 +10,9 @@ import argparse
 import datetime as dt
 import json
 import os
+import signal
 import sys
+import threading
 import uuid
 from collections.abc import Sequence
 from pathlib import Path
@@ -328,7 +330,30 @@ def check_storage_schemes(args: argparse.Namespace) -> None:
             raise ConfigError(f"cannot open {value}: {err}") from None
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM: how Kubernetes ends a Job past its deadline or deleted, and how systemd
+    stops a unit. A KeyboardInterrupt, so it ends a command as Ctrl-C does (the run
+    recorded failed, its failure pushed, metrics.prom written) instead of a silent
+    death that leaves the run 'running' and the JobFailed alert quiet."""
+
+
+def _terminate(signum: int, frame: object) -> None:
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second one must not cut the cleanup
+    raise Terminated(signal.Signals(signum).name)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    # Signal handlers belong to the main thread (a test may call main from another).
+    in_main = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _terminate) if in_main else None
+    try:
+        return _main(argv)
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _main(argv: Sequence[str] | None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     # Everything after `--` belongs to the engine (Beam pipeline options), untouched.
     engine_args: list[str] = []
@@ -359,6 +384,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         # and a rerun resumes (committed work is skipped).
         print(f"dfscan: error: {type(err).__name__}: {err}", file=sys.stderr)
         return 1
+    except Terminated:
+        print("dfscan: terminated", file=sys.stderr)
+        return 128 + signal.SIGTERM
     except KeyboardInterrupt:
         print("dfscan: interrupted", file=sys.stderr)
         return 130
