@@ -31,7 +31,13 @@ from pipelines.config import (
     ScorerConfig,
 )
 from pipelines.detector_cli import add_detector_arguments, detector_from_args
-from pipelines.limits_cli import _fraction, _positive, add_limit_arguments, limits_from_args
+from pipelines.limits_cli import (
+    _fraction,
+    _positive,
+    _within,
+    add_limit_arguments,
+    limits_from_args,
+)
 from pipelines.scoring_cli import add_scoring_arguments, scorer_settings
 from pipelines.window_cli import add_window_arguments, window_from_args
 
@@ -78,6 +84,11 @@ def _storage_options(text: str | None) -> dict[str, Any]:
 
 
 # ---------------------------------------------------------------- scan
+# Seconds between pushes. Up to a day: a longer wait is no periodic push at all, and
+# past threading.TIMEOUT_MAX the push thread died with an OverflowError traceback.
+_push_interval = _within(float, 0.01, 86400.0)
+
+
 def register_scan(sub: Any) -> None:
     from operators.aggregate import DECISION_RULES
 
@@ -124,7 +135,7 @@ def register_scan(sub: Any) -> None:
     p.add_argument("--pushgateway", help="Prometheus Pushgateway URL to push metrics to")
     p.add_argument(
         "--push-interval",
-        type=_positive(float),
+        type=_push_interval,
         default=15.0,
         help="seconds between Pushgateway pushes during the scan (default: 15)",
     )

@@ -249,3 +249,18 @@ def test_bytes_read_leave_out_files_whose_bytes_were_never_read() -> None:
     got = samples(m.exposition())
     assert got[("dfscan_bytes_read_total", ())] == 1_000
     assert got[("dfscan_videos_total", (("status", "too_large"),))] == 1
+
+
+@pytest.mark.parametrize("interval", ["1e300", "inf", "nan", "0", "-1"])
+def test_a_push_interval_the_push_thread_cannot_wait_is_a_usage_error(
+    interval: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from pipelines.cli import main
+
+    argv = ["scan", str(tmp_path / "in"), "--out", str(tmp_path / "out")]
+    argv += ["--pushgateway", "http://127.0.0.1:9", "--push-interval", interval]
+    with pytest.raises(SystemExit) as exc:
+        main(argv)
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("dfscan: error: argument --push-interval:") and err.count("\n") == 1
