@@ -936,6 +936,13 @@ def render_report(
             runs, rows = [], []
         truncated = len(rows) > REPORT_MAX_ROWS
         rows = rows[:REPORT_MAX_ROWS]
+        # A run started before the window may have scanned videos within it: the runs
+        # a listed video came from are in the runs table too.
+        listed = {str(r["run_id"]) for r in runs}
+        for missing in sorted({str(r["run_id"]) for r in rows} - listed):
+            runs += wh.runs(run_id=missing)
+        runs.sort(key=lambda r: str(r["run_id"]))
+        runs.sort(key=lambda r: r["started_at"], reverse=True)  # newest first, as queried
         detailed = rows[:max_videos]  # highest fake_probability first
         videos = [video_context(browser, wh, r, links, THUMBS_REPORT) for r in detailed]
         sections = {str(v["anchor"]) for v in videos}  # rows the video table links

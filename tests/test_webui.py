@@ -25,7 +25,7 @@ from typing import Any
 import pytest
 
 from operators.write_face_shards import read_face_shards
-from operators.write_warehouse import build_warehouse
+from operators.write_warehouse import DuckDBWarehouse, build_warehouse
 from pipelines import webui
 from pipelines.cli import main
 from pipelines.config import DetectorConfig, SamplingConfig, ScanConfig, ScorerConfig
@@ -42,6 +42,7 @@ from pipelines.webui import (
 )
 from schemas.records import TrainingRun, VideoScan, VideoStatus
 from tests.conftest import REAL_VIDEOS
+from tests.test_write_warehouse import make_scan
 
 pytestmark = pytest.mark.slow
 
@@ -431,6 +432,25 @@ def test_report_says_the_list_was_cut_only_when_rows_were_left_out(
     html = render_report(browser, max_videos=1)
     assert '<h2 id="videos">Videos (3, list cut at that many)</h2>' in html
     assert html.count('<td class="uri">') == 3
+
+
+def test_report_of_a_day_lists_the_run_of_its_videos_that_started_the_day_before(
+    tmp_path: Path,
+) -> None:
+    url = f"duckdb://{tmp_path}/scans.duckdb"
+    started = dt.datetime(2026, 12, 1, 23, 59, tzinfo=dt.timezone.utc)
+    with DuckDBWarehouse(url) as wh:
+        wh.ensure_schema()
+        wh.start_run("late-run", "scan", "{}", "v1")
+        wh._execute("UPDATE scan_runs SET started_at = ? WHERE run_id = 'late-run'", [started])
+        wh.finish_run("late-run", "succeeded", {"scored": 1}, None)
+        scanned_at = (started + dt.timedelta(minutes=5)).timestamp()  # on 2 December
+        wh.upsert_scans([make_scan(video_id="a", run_id="late-run", scanned_at=scanned_at)])
+    day = dt.date(2026, 12, 2)
+    html = render_report(ScanBrowser(url, str(tmp_path / "faces")), since=day, until=day)
+    assert '<h2 id="videos">Videos (1)</h2>' in html
+    assert '<a class="run-link" href="#videos">late-run</a>' in html
+    assert "No scan runs" not in html
 
 
 # ---------------------------------------------------------------- `dfscan ui` flags
