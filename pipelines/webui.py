@@ -51,6 +51,7 @@ if TYPE_CHECKING:
     from operators.warehouse_bigquery import BigQueryWarehouse
 
 PAGE_SIZE = 100  # videos per list page: one screen of rows, a fast query
+RUNS_PAGE = 500  # runs on the runs page, newest first: over a year of nightly scans
 MAX_OFFSET = 2**63 - 1  # SQL's OFFSET is a BIGINT (DuckDB, PostgreSQL, BigQuery)
 THUMBS_UI = 64  # thumbnails on a video page: enough to see every track, not a scroll-fest
 THUMBS_REPORT = 12  # per video in a report: ~12 x 15 kB of base64 keeps a report mailable
@@ -819,8 +820,10 @@ def create_app(browser: ScanBrowser) -> Flask:
     @app.get("/")
     def runs() -> Response:
         with browser.warehouse() as wh:
-            views = run_views(wh, wh.runs()) if browser.has_scans(wh) else []
-        return page("runs.html", title="Scan runs", runs=views)
+            # One more than is shown: the page says when older runs are left out.
+            found = wh.runs(limit=RUNS_PAGE + 1) if browser.has_scans(wh) else []
+            views = run_views(wh, found[:RUNS_PAGE])
+        return page("runs.html", title="Scan runs", runs=views, more=len(found) > RUNS_PAGE)
 
     @app.get("/videos")
     def videos() -> Response:

@@ -395,6 +395,18 @@ def test_score_chart_puts_time_on_x_and_score_on_y() -> None:
     assert score_chart([], threshold=0.5) is None
 
 
+def test_runs_page_says_when_older_runs_are_left_out(
+    client: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(webui, "RUNS_PAGE", 2)  # the fixture's two runs: all shown
+    html = client.get("/").get_data(as_text=True)
+    assert html.count('class="run-link"') == 2 and "older ones are left out" not in html
+    monkeypatch.setattr(webui, "RUNS_PAGE", 1)
+    html = client.get("/").get_data(as_text=True)
+    assert html.count('class="run-link"') == 1
+    assert "The newest 1 runs; older ones are left out" in html
+
+
 # ---------------------------------------------------------------- report
 def test_report_of_a_run_is_one_self_contained_file(browser: ScanBrowser, scanned: Scanned) -> None:
     html = render_report(browser, run_id=RUN_ID)
