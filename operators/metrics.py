@@ -13,12 +13,15 @@ exposes, pushes or writes as a textfile cover every worker.
 
 from __future__ import annotations
 
+import functools
 import http.client
 import logging
 import os
 import threading
 import time
+import urllib.parse
 import uuid
+from collections.abc import Callable
 from types import TracebackType
 from typing import Any
 
@@ -31,6 +34,7 @@ from prometheus_client import (
     generate_latest,
     push_to_gateway,
 )
+from prometheus_client.exposition import basic_auth_handler, default_handler
 
 from operators.redact import redact
 from schemas.records import VideoStatus
@@ -260,12 +264,14 @@ class ScanMetrics:
         """PUT this registry to a Pushgateway; None, or why it failed (never raises for
         an unreachable or misconfigured gateway)."""
         try:
+            url, handler = _gateway_auth(gateway_url)
             push_to_gateway(
-                gateway_url,
+                url,
                 job=job,
                 registry=self.registry,
                 grouping_key=grouping_key,
                 timeout=timeout,
+                handler=handler,
             )
         # URLError/HTTPError/timeouts are OSError; a bad status line is HTTPException;
         # a malformed gateway URL (InvalidURL, unknown url type) is ValueError.
@@ -290,6 +296,21 @@ class ScanMetrics:
             log.warning("metrics push to %s failed: %s", redact(gateway_url), redact(error))
             return False
         return True
+
+
+def _gateway_auth(gateway_url: str) -> tuple[str, Callable[..., Callable[[], None]]]:
+    """The gateway URL without its ``user:password@``, and a handler that sends them as
+    HTTP basic auth. urllib takes userinfo left in the URL for part of the host name, so
+    a gateway behind basic auth was never reached."""
+    parts = urllib.parse.urlsplit(gateway_url)
+    if parts.username is None:
+        return gateway_url, default_handler
+    host = parts.netloc.rpartition("@")[2]
+    username = urllib.parse.unquote(parts.username)
+    password = urllib.parse.unquote(parts.password or "")
+    return urllib.parse.urlunsplit(parts._replace(netloc=host)), functools.partial(
+        basic_auth_handler, username=username, password=password
+    )
 
 
 class MetricsPusher:

@@ -10,7 +10,9 @@ import argparse
 import datetime as dt
 import json
 import os
+import signal
 import sys
+import threading
 import uuid
 from collections.abc import Sequence
 from pathlib import Path
@@ -29,7 +31,13 @@ from pipelines.config import (
     ScorerConfig,
 )
 from pipelines.detector_cli import add_detector_arguments, detector_from_args
-from pipelines.limits_cli import _fraction, _positive, add_limit_arguments, limits_from_args
+from pipelines.limits_cli import (
+    _fraction,
+    _positive,
+    _within,
+    add_limit_arguments,
+    limits_from_args,
+)
 from pipelines.scoring_cli import add_scoring_arguments, scorer_settings
 from pipelines.window_cli import add_window_arguments, window_from_args
 
@@ -76,6 +84,11 @@ def _storage_options(text: str | None) -> dict[str, Any]:
 
 
 # ---------------------------------------------------------------- scan
+# Seconds between pushes. Up to a day: a longer wait is no periodic push at all, and
+# past threading.TIMEOUT_MAX the push thread died with an OverflowError traceback.
+_push_interval = _within(float, 0.01, 86400.0)
+
+
 def register_scan(sub: Any) -> None:
     from operators.aggregate import DECISION_RULES
 
@@ -122,7 +135,7 @@ def register_scan(sub: Any) -> None:
     p.add_argument("--pushgateway", help="Prometheus Pushgateway URL to push metrics to")
     p.add_argument(
         "--push-interval",
-        type=_positive(float),
+        type=_push_interval,
         default=15.0,
         help="seconds between Pushgateway pushes during the scan (default: 15)",
     )
@@ -208,8 +221,9 @@ def register_results(sub: Any) -> None:
 
 
 def run_results_command(args: argparse.Namespace) -> int:
-    from operators.write_warehouse import build_warehouse, duckdb_path
+    from operators.write_warehouse import duckdb_path
     from pipelines.console import print_results
+    from pipelines.webui import open_reader
     from schemas.records import VideoStatus
 
     if args.status and args.status not in {s.value for s in VideoStatus}:
@@ -221,18 +235,28 @@ def run_results_command(args: argparse.Namespace) -> int:
         path = duckdb_path(url)
         if path != ":memory:" and not Path(path).exists():
             raise ConfigError(f"no warehouse at {url}: run `dfscan scan` first or pass --warehouse")
-    warehouse = build_warehouse(url)
+    # Read-only, as the UI reads: a warehouse no scan has written to yet (a fresh
+    # PostgreSQL database, a file `dfscan train --warehouse` made) has no rows, not a
+    # missing-table traceback.
+    warehouse = open_reader(url)
     try:
-        rows = warehouse.query_scans(
-            status=args.status, limit=args.limit, model_version=args.model_version
+        # One row more than --limit: the table can say that the listing was cut.
+        rows = (
+            warehouse.query_scans(
+                status=args.status, limit=args.limit + 1, model_version=args.model_version
+            )
+            if warehouse.table_exists(warehouse.scans_table)
+            else []
         )
     finally:
         warehouse.close()
+    more = len(rows) > args.limit
+    rows = rows[: args.limit]
     if args.format == "json":
         for row in rows:
             print(json.dumps(row, default=str))
     else:
-        print_results(rows)
+        print_results(rows, more=more)
     return 0
 
 
@@ -317,7 +341,30 @@ def check_storage_schemes(args: argparse.Namespace) -> None:
             raise ConfigError(f"cannot open {value}: {err}") from None
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM: how Kubernetes ends a Job past its deadline or deleted, and how systemd
+    stops a unit. A KeyboardInterrupt, so it ends a command as Ctrl-C does (the run
+    recorded failed, its failure pushed, metrics.prom written) instead of a silent
+    death that leaves the run 'running' and the JobFailed alert quiet."""
+
+
+def _terminate(signum: int, frame: object) -> None:
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second one must not cut the cleanup
+    raise Terminated(signal.Signals(signum).name)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    # Signal handlers belong to the main thread (a test may call main from another).
+    in_main = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _terminate) if in_main else None
+    try:
+        return _main(argv)
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _main(argv: Sequence[str] | None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     # Everything after `--` belongs to the engine (Beam pipeline options), untouched.
     engine_args: list[str] = []
@@ -348,6 +395,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         # and a rerun resumes (committed work is skipped).
         print(f"dfscan: error: {type(err).__name__}: {err}", file=sys.stderr)
         return 1
+    except Terminated:
+        print("dfscan: terminated", file=sys.stderr)
+        return 128 + signal.SIGTERM
     except KeyboardInterrupt:
         print("dfscan: interrupted", file=sys.stderr)
         return 130

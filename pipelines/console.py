@@ -15,6 +15,7 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 from rich.table import Table
+from rich.text import Text
 
 from operators.redact import redact
 from pipelines.config import RescoreConfig, ScanConfig
@@ -89,7 +90,8 @@ class ScanConsole:
                 f" · {listing.no_time} without an upload time"
                 f" · {listing.no_uri} manifest entries without a URI"
             )
-        self.console.print(f"warehouse {redact(cfg.warehouse_url)} · faces {cfg.faces_uri}")
+        # Text, not a markup string: a path with brackets is printed as it is.
+        self.console.print(Text(f"warehouse {redact(cfg.warehouse_url)} · faces {cfg.faces_uri}"))
 
 
 RESULT_COLUMNS = (
@@ -106,20 +108,26 @@ RESULT_COLUMNS = (
 )
 
 
-def print_results(rows: list[dict[str, Any]]) -> None:
+def print_results(rows: list[dict[str, Any]], more: bool = False) -> None:
+    """The rows as a table; ``more``: the warehouse holds more that match."""
     console = Console()
     table = Table(show_header=True, header_style="bold")
     for col in RESULT_COLUMNS:
         table.add_column(col, overflow="fold")
     for row in rows:
-        values = []
+        values: list[Text] = []
         for col in RESULT_COLUMNS:
             v = row.get(col)
             if col == "video_id" and v:
                 v = str(v)[:12]
             elif col == "fake_probability" and v is not None:
                 v = f"{v:.3f}"
-            values.append("" if v is None else str(v))
+            # Text, not a markup string: a URI or error with "[/b]" in it is an upload's
+            # name, shown as it is, never read as rich markup (or a MarkupError).
+            values.append(Text("" if v is None else str(v)))
         table.add_row(*values)
     console.print(table)
-    console.print(f"{len(rows)} rows")
+    if more:
+        console.print(f"{len(rows)} rows shown, newest first; more match (raise --limit)")
+    else:
+        console.print(f"{len(rows)} rows")

@@ -43,6 +43,31 @@ def _run_stage(op: Operator, items: Iterator[Any], metrics: ScanMetrics) -> Iter
         yield from out
 
 
+class _InFlight:
+    """Videos the first stage has taken and the last has not yet given out: the
+    ``dfscan_videos_in_flight`` gauge (every stage yields one item per video)."""
+
+    def __init__(self, metrics: ScanMetrics) -> None:
+        self.metrics = metrics
+        self.n = 0
+        self.lock = threading.Lock()
+
+    def _add(self, k: int) -> None:
+        with self.lock:
+            self.n += k
+            self.metrics.set_in_flight(self.n)
+
+    def taken(self, items: Iterator[Any]) -> Iterator[Any]:
+        for item in items:
+            self._add(1)
+            yield item
+
+    def given(self, items: Iterator[Any]) -> Iterator[Any]:
+        for item in items:
+            self._add(-1)
+            yield item
+
+
 class _Stop(Exception):
     """Raised inside a stage thread when another stage failed: unwind quietly."""
 
@@ -89,24 +114,31 @@ class LocalRunner:
     def run(
         self, files: Iterable[VideoFile], operators: list[Operator], metrics: ScanMetrics
     ) -> Iterator[VideoScan]:
+        in_flight = _InFlight(metrics)
         if self.threaded and len(operators) > 1:
-            yield from self._run_threaded(iter(files), operators, metrics)
+            yield from in_flight.given(
+                self._run_threaded(iter(files), operators, metrics, in_flight)
+            )
             return
         ready: list[Operator] = []
         try:
             for op in operators:
                 op.setup()  # a failing setup still tears down those set up before it
                 ready.append(op)
-            stream: Iterator[Any] = iter(files)
+            stream: Iterator[Any] = in_flight.taken(iter(files))
             for op in operators:
                 stream = _run_stage(op, stream, metrics)
-            yield from stream
+            yield from in_flight.given(stream)
         finally:
             for op in reversed(ready):
                 op.teardown()
 
     def _run_threaded(
-        self, files: Iterator[Any], operators: list[Operator], metrics: ScanMetrics
+        self,
+        files: Iterator[Any],
+        operators: list[Operator],
+        metrics: ScanMetrics,
+        in_flight: _InFlight,
     ) -> Iterator[Any]:
         abort = threading.Event()
         errors: list[BaseException] = []
@@ -154,7 +186,10 @@ class LocalRunner:
             if not is_set_up[i]:
                 return
             try:
-                for item in _run_stage(op, iter(pipes[i]), metrics):
+                source = iter(pipes[i])
+                if i == 0:  # a video is in flight once the first stage takes it
+                    source = in_flight.taken(source)
+                for item in _run_stage(op, source, metrics):
                     out.put(item)
                 with lock:
                     running[i] -= 1

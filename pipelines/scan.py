@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Protocol
 
 from operators.base import Operator
-from operators.list_videos import ListingReport, VideoHasher, list_videos
+from operators.list_videos import URI_ID_PREFIX, ListingReport, VideoHasher, list_videos
 from operators.metrics import MetricsPusher, ScanMetrics
 from operators.redact import redact, redact_values
 from operators.write_face_shards import commit_run, run_has_commits
@@ -106,7 +106,10 @@ def record_row_metrics(metrics: ScanMetrics, row: VideoScan) -> None:
     metrics.add_faces_detected(row.faces)
     if row.fake_probability is not None:
         metrics.add_faces_scored(row.faces)
-    metrics.add_bytes(max(row.size_bytes, 0))
+    if not row.video_id.startswith(URI_ID_PREFIX):
+        # An id made from the URI means the bytes were never read (over --max-bytes,
+        # refused, unreadable): its size is not bytes read.
+        metrics.add_bytes(max(row.size_bytes, 0))
     if row.fake_probability is not None and row.label:
         metrics.observe_verdict(row.model_version, row.fake_probability, row.label)
     if row.detector_sha256 and metrics.info.get("detector_sha256") != row.detector_sha256:

@@ -52,6 +52,8 @@ if TYPE_CHECKING:
     from operators.warehouse_bigquery import BigQueryWarehouse
 
 PAGE_SIZE = 100  # videos per list page: one screen of rows, a fast query
+RUNS_PAGE = 500  # runs on the runs page, newest first: over a year of nightly scans
+MAX_OFFSET = 2**63 - 1  # SQL's OFFSET is a BIGINT (DuckDB, PostgreSQL, BigQuery)
 THUMBS_UI = 64  # thumbnails on a video page: enough to see every track, not a scroll-fest
 THUMBS_REPORT = 12  # per video in a report: ~12 x 15 kB of base64 keeps a report mailable
 REPORT_MAX_VIDEOS = 200  # videos with a full section in a report (highest scores first)
@@ -825,8 +827,10 @@ def create_app(browser: ScanBrowser) -> Flask:
     @app.get("/")
     def runs() -> Response:
         with browser.warehouse() as wh:
-            views = run_views(wh, wh.runs()) if browser.has_scans(wh) else []
-        return page("runs.html", title="Scan runs", runs=views)
+            # One more than is shown: the page says when older runs are left out.
+            found = wh.runs(limit=RUNS_PAGE + 1) if browser.has_scans(wh) else []
+            views = run_views(wh, found[:RUNS_PAGE])
+        return page("runs.html", title="Scan runs", runs=views, more=len(found) > RUNS_PAGE)
 
     @app.get("/videos")
     def videos() -> Response:
@@ -835,6 +839,8 @@ def create_app(browser: ScanBrowser) -> Flask:
             offset = max(0, int(request.args.get("offset", "0") or 0))
         except ValueError:
             raise FilterError("offset must be an integer") from None
+        if offset > MAX_OFFSET:
+            raise FilterError(f"offset must be at most {MAX_OFFSET}")
         with browser.warehouse() as wh:
             if browser.has_scans(wh):
                 rows = wh.search_scans(filters, PAGE_SIZE + 1, offset)
@@ -931,9 +937,19 @@ def render_report(
                 runs = wh.runs(
                     since=filters.since_dt, until=filters.until_dt, limit=REPORT_MAX_ROWS
                 )
-            rows = wh.search_scans(filters, REPORT_MAX_ROWS)
+            # One row more than is shown: says whether the list was cut, not just full.
+            rows = wh.search_scans(filters, REPORT_MAX_ROWS + 1)
         else:
             runs, rows = [], []
+        truncated = len(rows) > REPORT_MAX_ROWS
+        rows = rows[:REPORT_MAX_ROWS]
+        # A run started before the window may have scanned videos within it: the runs
+        # a listed video came from are in the runs table too.
+        listed = {str(r["run_id"]) for r in runs}
+        for missing in sorted({str(r["run_id"]) for r in rows} - listed):
+            runs += wh.runs(run_id=missing)
+        runs.sort(key=lambda r: str(r["run_id"]))
+        runs.sort(key=lambda r: r["started_at"], reverse=True)  # newest first, as queried
         detailed = rows[:max_videos]  # highest fake_probability first
         videos = [video_context(browser, wh, r, links, THUMBS_REPORT) for r in detailed]
         sections = {str(v["anchor"]) for v in videos}  # rows the video table links
@@ -954,7 +970,7 @@ def render_report(
             sections=sections,
             videos=videos,
             omitted=len(rows) - len(detailed),
-            truncated=len(rows) >= REPORT_MAX_ROWS,
+            truncated=truncated,
         )
     )
 

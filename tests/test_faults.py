@@ -15,6 +15,7 @@ import contextlib
 import hashlib
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -490,3 +491,61 @@ def test_a_pushgateway_that_dies_mid_run_costs_one_warning_line(
             scan.kill()
             scan.wait()
     assert_scan_finished_despite_the_gateway(scan.returncode, stderr, gateway, out, videos)
+
+
+@pytest.mark.services
+def test_a_sigterm_ends_the_scan_as_a_failed_run_that_says_so(
+    tmp_path: Path, tiny_checkpoint: Path, pushgateway: tuple[str, subprocess.Popen[bytes]]
+) -> None:
+    """What Kubernetes sends at a Job's activeDeadlineSeconds: the run is recorded failed,
+    its failure reaches the gateway (DfscanJobFailed) and metrics.prom, in one line."""
+    gateway, _ = pushgateway
+    videos, out = tmp_path / "videos", tmp_path / "out"
+    add_videos(videos, (*FIRST, *LATER))
+    scan = subprocess.Popen(
+        scan_command(
+            videos,
+            out,
+            tiny_checkpoint,
+            "terminated",
+            extra=("--pushgateway", gateway, "--push-interval", "0.2"),
+        ),
+        cwd=ROOT,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+    def gateway_value(name: str) -> float | None:
+        with urllib.request.urlopen(f"{gateway}/metrics", timeout=5) as resp:
+            text = resp.read().decode()
+        for family in text_string_to_metric_families(text):
+            for s in family.samples:
+                if s.name == name and s.labels.get("run_id") == "terminated":
+                    return s.value
+        return None
+
+    try:
+        wait_for(
+            "the scan's first push",
+            lambda: scan.poll() is not None or gateway_value("dfscan_videos_backlog"),
+        )
+        assert scan.poll() is None, "the scan ended before it could be terminated"
+        scan.send_signal(signal.SIGTERM)
+        _, stderr = scan.communicate(timeout=120)
+    finally:
+        if scan.poll() is None:
+            scan.kill()
+            scan.wait()
+    assert scan.returncode == 128 + signal.SIGTERM
+    assert stderr.strip().splitlines()[-1] == "dfscan: terminated"
+    assert "Traceback" not in stderr
+    con = duckdb.connect(str(out / "scans.duckdb"), read_only=True)
+    try:
+        ((status, error),) = con.execute("SELECT status, error FROM scan_runs").fetchall()
+    finally:
+        con.close()
+    assert (status, error) == ("failed", "Terminated: SIGTERM")
+    assert (gateway_value("dfscan_last_failure_timestamp_seconds") or 0) > 0
+    assert gateway_value("dfscan_last_success_timestamp_seconds") == 0
+    written = (out / "metrics.prom").read_text()
+    assert re.search(r"^dfscan_last_failure_timestamp_seconds [1-9]", written, re.MULTILINE)

@@ -181,3 +181,19 @@ def test_an_operator_serving_two_calls_gets_two_threads_and_each_item_once():
     assert op.peak == 2
     assert (op.setups, op.teardowns) == (1, 1)
     assert not [t for t in threading.enumerate() if t.name.startswith("dfscan-")]
+
+
+def in_flight(metrics: ScanMetrics) -> float:
+    return metrics.registry.get_sample_value("dfscan_videos_in_flight") or 0.0
+
+
+@pytest.mark.parametrize("threaded", [True, False])
+def test_in_flight_gauge_counts_videos_taken_and_not_yet_out(threaded: bool):
+    metrics = ScanMetrics()
+    seen = []
+    for item in LocalRunner(threaded).run(range(12), [AddOne(4), AddOne(2)], metrics):
+        # The item in hand is out; the first stage's batch of 4 was taken with it.
+        seen.append(in_flight(metrics))
+        assert item >= 2
+    assert max(seen) >= 3 and min(seen) >= 0
+    assert in_flight(metrics) == 0  # every video taken came out

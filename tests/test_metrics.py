@@ -14,6 +14,7 @@ import pytest
 from prometheus_client import REGISTRY
 from prometheus_client.parser import text_string_to_metric_families
 
+from operators.list_videos import uri_video_id
 from operators.metrics import (
     BYTES_READ,
     FACES_DETECTED,
@@ -22,7 +23,9 @@ from operators.metrics import (
     VIDEOS,
     ScanMetrics,
 )
+from pipelines.scan import record_row_metrics
 from schemas.records import VideoStatus
+from tests.test_write_warehouse import make_scan
 
 
 def samples(text: str | bytes) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
@@ -223,3 +226,41 @@ def test_failure_and_backlog_gauges() -> None:
     before = time.time()
     m.mark_failure()
     assert samples(m.exposition())[("dfscan_last_failure_timestamp_seconds", ())] >= before
+
+
+def test_bytes_read_leave_out_files_whose_bytes_were_never_read() -> None:
+    """A file over --max-bytes is listed, not read: its size is no bytes read."""
+    m = ScanMetrics()
+    record_row_metrics(m, make_scan(video_id="a" * 64, size_bytes=1_000))
+    big = "file:///up/huge.mp4"
+    record_row_metrics(
+        m,
+        make_scan(
+            video_id=uri_video_id(big),
+            uri=big,
+            size_bytes=50_000_000_000,
+            status=VideoStatus.TOO_LARGE,
+            fake_probability=None,
+            label=None,
+            faces=0,
+            frames_sampled=0,
+        ),
+    )
+    got = samples(m.exposition())
+    assert got[("dfscan_bytes_read_total", ())] == 1_000
+    assert got[("dfscan_videos_total", (("status", "too_large"),))] == 1
+
+
+@pytest.mark.parametrize("interval", ["1e300", "inf", "nan", "0", "-1"])
+def test_a_push_interval_the_push_thread_cannot_wait_is_a_usage_error(
+    interval: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from pipelines.cli import main
+
+    argv = ["scan", str(tmp_path / "in"), "--out", str(tmp_path / "out")]
+    argv += ["--pushgateway", "http://127.0.0.1:9", "--push-interval", interval]
+    with pytest.raises(SystemExit) as exc:
+        main(argv)
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("dfscan: error: argument --push-interval:") and err.count("\n") == 1

@@ -7,6 +7,7 @@ and unit tests) and load and evaluate on the running server.
 
 from __future__ import annotations
 
+import base64
 import json
 import logging
 import shutil
@@ -556,3 +557,54 @@ def test_pusher_to_a_dead_gateway_warns_once_and_never_raises(
     assert pusher.pushes == 0 and pusher.failures >= 3
     warnings = [r for r in caplog.records if r.levelno >= logging.WARNING]
     assert len(warnings) == 1 and url in warnings[0].getMessage()
+
+
+# bcrypt (cost 4: fast) of PUSH_PASSWORD, as the gateway's web config wants it.
+PUSH_USER, PUSH_PASSWORD = "dfscan", "dfscan-push-secret"
+PUSH_PASSWORD_BCRYPT = "$2b$04$uaFuFMTXXxfYbe4D1tfUJuxzfvDXURtD1Ahno.ORstTOtoB079EQS"
+
+
+@pytest.fixture
+def auth_gateway(tmp_path: Path) -> Iterator[str]:
+    """A Pushgateway behind HTTP basic auth (its own web config), as behind a proxy."""
+    pushgateway_bin = binary("prometheus-pushgateway", "prometheus-pushgateway")
+    addr = f"127.0.0.1:{free_port()}"
+    web = tmp_path / "web.yml"
+    web.write_text(yaml.safe_dump({"basic_auth_users": {PUSH_USER: PUSH_PASSWORD_BCRYPT}}))
+    proc = _start(
+        [pushgateway_bin, f"--web.listen-address={addr}", f"--web.config.file={web}"],
+        tmp_path / "pushgateway.log",
+    )
+    try:
+
+        def ready() -> bool:
+            if proc.poll() is not None:
+                pytest.fail((tmp_path / "pushgateway.log").read_text())
+            try:
+                http_get(f"http://{addr}/-/ready")
+            except urllib.error.HTTPError as err:
+                return err.code == 401  # up, and asking for the password
+            return False
+
+        wait_for(f"pushgateway on {addr}", ready)
+        yield addr
+    finally:
+        _stop(proc)
+
+
+def test_a_gateway_url_with_user_and_password_pushes_with_basic_auth(auth_gateway: str) -> None:
+    metrics = ScanMetrics()
+    metrics.video_done("scored")
+    url = f"http://{PUSH_USER}:{PUSH_PASSWORD}@{auth_gateway}"
+    assert metrics.try_push(url, SCAN_JOB, {"run_id": "auth"}) is None
+    request = urllib.request.Request(f"http://{auth_gateway}/metrics")
+    token = base64.b64encode(f"{PUSH_USER}:{PUSH_PASSWORD}".encode()).decode()
+    request.add_header("Authorization", f"Basic {token}")
+    with urllib.request.urlopen(request, timeout=5) as resp:
+        text = resp.read().decode()
+    assert (
+        'dfscan_videos_total{instance="",job="dfscan_scan",run_id="auth",status="scored"} 1' in text
+    )
+    # Without the password the gateway refuses it: the push says why, never raises.
+    error = metrics.try_push(f"http://{auth_gateway}", SCAN_JOB, {"run_id": "auth"})
+    assert error is not None and "401" in error

@@ -25,7 +25,8 @@ from typing import Any
 import pytest
 
 from operators.write_face_shards import read_face_shards
-from operators.write_warehouse import build_warehouse
+from operators.write_warehouse import DuckDBWarehouse, build_warehouse
+from pipelines import webui
 from pipelines.cli import main
 from pipelines.config import DetectorConfig, SamplingConfig, ScanConfig, ScorerConfig
 from pipelines.scan import ScanSummary, run_scan
@@ -41,6 +42,7 @@ from pipelines.webui import (
 )
 from schemas.records import TrainingRun, VideoScan, VideoStatus
 from tests.conftest import REAL_VIDEOS
+from tests.test_write_warehouse import make_scan
 
 pytestmark = pytest.mark.slow
 
@@ -208,7 +210,7 @@ def test_videos_are_ordered_most_fake_looking_first(client: Any, scanned: Scanne
 @pytest.mark.parametrize(
     "query",
     ["min_score=abc", "min_score=2", "status=bogus", "label=maybe", "since=yesterday",
-     "min_score=0.9&max_score=0.1", "offset=x"],
+     "min_score=0.9&max_score=0.1", "offset=x", "offset=99999999999999999999999"],
 )  # fmt: skip
 def test_a_bad_filter_is_a_400_page(client: Any, query: str) -> None:
     resp = client.get(f"/videos?{query}")
@@ -393,6 +395,18 @@ def test_score_chart_puts_time_on_x_and_score_on_y() -> None:
     assert score_chart([], threshold=0.5) is None
 
 
+def test_runs_page_says_when_older_runs_are_left_out(
+    client: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(webui, "RUNS_PAGE", 2)  # the fixture's two runs: all shown
+    html = client.get("/").get_data(as_text=True)
+    assert html.count('class="run-link"') == 2 and "older ones are left out" not in html
+    monkeypatch.setattr(webui, "RUNS_PAGE", 1)
+    html = client.get("/").get_data(as_text=True)
+    assert html.count('class="run-link"') == 1
+    assert "The newest 1 runs; older ones are left out" in html
+
+
 # ---------------------------------------------------------------- report
 def test_report_of_a_run_is_one_self_contained_file(browser: ScanBrowser, scanned: Scanned) -> None:
     html = render_report(browser, run_id=RUN_ID)
@@ -430,6 +444,37 @@ def test_report_command_writes_a_date_range(
     assert "the window is empty" in capsys.readouterr().err
     assert main([*args, "--out", str(out), "--run-id", RUN_ID, "--since", "today"]) == 2
     assert main([*args, "--out", str(out), "--run-id", "no-such-run"]) == 2
+
+
+def test_report_says_the_list_was_cut_only_when_rows_were_left_out(
+    browser: ScanBrowser, scanned: Scanned, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(webui, "REPORT_MAX_ROWS", 4)  # exactly the warehouse's rows
+    html = render_report(browser, max_videos=1)
+    assert '<h2 id="videos">Videos (4)</h2>' in html
+    monkeypatch.setattr(webui, "REPORT_MAX_ROWS", 3)
+    html = render_report(browser, max_videos=1)
+    assert '<h2 id="videos">Videos (3, list cut at that many)</h2>' in html
+    assert html.count('<td class="uri">') == 3
+
+
+def test_report_of_a_day_lists_the_run_of_its_videos_that_started_the_day_before(
+    tmp_path: Path,
+) -> None:
+    url = f"duckdb://{tmp_path}/scans.duckdb"
+    started = dt.datetime(2026, 12, 1, 23, 59, tzinfo=dt.timezone.utc)
+    with DuckDBWarehouse(url) as wh:
+        wh.ensure_schema()
+        wh.start_run("late-run", "scan", "{}", "v1")
+        wh._execute("UPDATE scan_runs SET started_at = ? WHERE run_id = 'late-run'", [started])
+        wh.finish_run("late-run", "succeeded", {"scored": 1}, None)
+        scanned_at = (started + dt.timedelta(minutes=5)).timestamp()  # on 2 December
+        wh.upsert_scans([make_scan(video_id="a", run_id="late-run", scanned_at=scanned_at)])
+    day = dt.date(2026, 12, 2)
+    html = render_report(ScanBrowser(url, str(tmp_path / "faces")), since=day, until=day)
+    assert '<h2 id="videos">Videos (1)</h2>' in html
+    assert '<a class="run-link" href="#videos">late-run</a>' in html
+    assert "No scan runs" not in html
 
 
 # ---------------------------------------------------------------- `dfscan ui` flags
