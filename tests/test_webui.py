@@ -28,7 +28,7 @@ from operators.write_face_shards import read_face_shards
 from operators.write_warehouse import DuckDBWarehouse, build_warehouse
 from pipelines import webui
 from pipelines.cli import main
-from pipelines.config import DetectorConfig, SamplingConfig, ScanConfig, ScorerConfig
+from pipelines.config import DetectorConfig, SamplingConfig, ScanConfig, ScorerConfig, TimeWindow
 from pipelines.scan import ScanSummary, run_scan
 from pipelines.webui import (
     THUMBS_REPORT,
@@ -470,8 +470,11 @@ def test_report_of_a_day_lists_the_run_of_its_videos_that_started_the_day_before
         wh.finish_run("late-run", "succeeded", {"scored": 1}, None)
         scanned_at = (started + dt.timedelta(minutes=5)).timestamp()  # on 2 December
         wh.upsert_scans([make_scan(video_id="a", run_id="late-run", scanned_at=scanned_at)])
-    day = dt.date(2026, 12, 2)
-    html = render_report(ScanBrowser(url, str(tmp_path / "faces")), since=day, until=day)
+    day = TimeWindow(
+        dt.datetime(2026, 12, 2, tzinfo=dt.timezone.utc),
+        dt.datetime(2026, 12, 3, tzinfo=dt.timezone.utc),
+    )
+    html = render_report(ScanBrowser(url, str(tmp_path / "faces")), window=day)
     assert '<h2 id="videos">Videos (1)</h2>' in html
     assert '<a class="run-link" href="#videos">late-run</a>' in html
     assert "No scan runs" not in html
