@@ -87,6 +87,9 @@ def _storage_options(text: str | None) -> dict[str, Any]:
 # Seconds between pushes. Up to a day: a longer wait is no periodic push at all, and
 # past threading.TIMEOUT_MAX the push thread died with an OverflowError traceback.
 _push_interval = _within(float, 0.01, 86400.0)
+# Per-video seconds. Up to a week: past threading.TIMEOUT_MAX the decode worker's wait
+# raised an OverflowError traceback mid-scan.
+_video_timeout = _within(float, 0.01, 7 * 86400.0)
 
 
 def register_scan(sub: Any) -> None:
@@ -122,7 +125,7 @@ def register_scan(sub: Any) -> None:
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.add_argument(
         "--timeout",
-        type=_positive(float),
+        type=_video_timeout,
         default=LimitsConfig.timeout_s,
         help="per-video seconds for decode+detect",
     )

@@ -113,6 +113,20 @@ def test_a_codec_list_the_header_check_could_never_match_is_one_line(
     assert capsys.readouterr().err == f"dfscan: error: --codecs: {message}\n"
 
 
+@pytest.mark.parametrize("timeout", ["1e300", "inf", "nan", "0", "-5"])
+def test_a_per_video_timeout_no_wait_can_take_is_a_usage_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], timeout: str
+):
+    # 1e300 used to pass, and the decode worker's wait died with an OverflowError.
+    with pytest.raises(SystemExit) as exc:
+        main(["scan", str(tmp_path), "--timeout", timeout])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert (
+        err == f"dfscan: error: argument --timeout: must be within [0.01, 604800], got {timeout}\n"
+    )
+
+
 # --- a giant declared frame size never allocates -------------------------------------
 
 # Decode one file in a fresh interpreter and report its status and peak RSS (VmHWM: per
