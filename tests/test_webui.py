@@ -435,7 +435,13 @@ def test_report_command_writes_a_date_range(
     assert "&lt;script&gt;alert(&#34;uri&#34;)" in html and "<script" not in html
     # The window reads as scan's: [since, until), so yesterday's report has none of today.
     assert main([*args, "--out", str(out), "--since", "yesterday", "--until", "today"]) == 0
-    assert '<section class="video"' not in out.read_text()
+    html = out.read_text()
+    assert '<section class="video"' not in html
+    yesterday = (today - dt.timedelta(days=1)).isoformat()
+    assert (  # not "no runs in the warehouse": there are, outside this window
+        f"No scan runs for videos scanned in [{yesterday}T00:00:00+00:00,"
+        f" {today.isoformat()}T00:00:00+00:00) (UTC)."
+    ) in html
     tomorrow = (today + dt.timedelta(days=1)).isoformat()
     assert main([*args, "--out", str(out), "--since", str(today), "--until", tomorrow]) == 0
     assert out.read_text().count('<section class="video"') == 4
