@@ -201,6 +201,7 @@ def _config_json(cfg: RescoreConfig) -> str:
 # ---------------------------------------------------------------- command line
 def register(sub: Any) -> None:
     from operators.aggregate import DECISION_RULES
+    from pipelines.cli import warehouse_arg
     from pipelines.limits_cli import _fraction
     from pipelines.scoring_cli import add_scoring_arguments
 
@@ -209,6 +210,7 @@ def register(sub: Any) -> None:
     p.add_argument("--model", required=True, help="the new classifier checkpoint")
     p.add_argument(
         "--warehouse",
+        type=warehouse_arg,
         help="warehouse URL (default: duckdb://<OUT>/scans.duckdb when --faces is OUT/faces)",
     )
     p.add_argument("--rule", default=AggregateConfig.rule, choices=sorted(DECISION_RULES))

@@ -963,7 +963,7 @@ def render_report(
 def register(sub: Any) -> None:
     import os
 
-    from pipelines.cli import DEFAULT_OUT, _positive
+    from pipelines.cli import DEFAULT_OUT, _positive, warehouse_arg
 
     default_wh = os.environ.get("DFSCAN_WAREHOUSE")
     for name, help_text in (
@@ -973,6 +973,7 @@ def register(sub: Any) -> None:
         p = sub.add_parser(name, help=help_text)
         p.add_argument(
             "--warehouse",
+            type=warehouse_arg,
             default=default_wh,
             help=f"warehouse URL (default: duckdb://{DEFAULT_OUT}/scans.duckdb, in this directory)",
         )

@@ -487,3 +487,32 @@ def test_warehouse_writer_lifecycle_upserts_batches_and_passes_rows_on(wh_url: s
 def test_warehouse_writer_rejects_a_bad_url_on_construction() -> None:
     with pytest.raises(ConfigError, match="unknown warehouse URL scheme 'nope'"):
         WarehouseWriter("nope://somewhere")
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["scan", "videos", "--out", "out"],
+        ["results"],
+        ["rescore", "--faces", "out/faces", "--model", "new.pt"],
+        ["ui"],
+        ["report", "--out", "report.html"],
+        ["runs"],
+    ],
+)
+def test_an_empty_warehouse_url_is_one_line_not_the_default_duckdb_file(
+    command: list[str], tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch
+) -> None:
+    """``--warehouse "$URL"`` with the variable unset: refused, so a job meant for
+    PostgreSQL does not write a DuckDB file beside itself and exit 0."""
+    from pipelines.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as exc:
+        main([*command, "--warehouse", ""])
+    assert exc.value.code == 2
+    assert capsys.readouterr().err == (
+        "dfscan: error: argument --warehouse: empty warehouse URL: leave the flag out for the"
+        " default\n"
+    )
+    assert list(tmp_path.iterdir()) == []
