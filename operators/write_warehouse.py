@@ -32,6 +32,7 @@ import pyarrow as pa
 
 from operators.base import Operator, Resources
 from operators.list_videos import URI_ID_PREFIX
+from operators.redact import MASK, redact
 from pipelines.config import ConfigError
 from schemas.arrow import VIDEO_SCANS_KEY, VIDEO_SCANS_SCHEMA
 from schemas.records import TrainingRun, VideoFile, VideoRef, VideoScan, VideoStatus
@@ -581,10 +582,23 @@ _PG_DEFAULTS = {"connect_timeout": "10", "keepalives_idle": "60"}
 
 
 def _pg_conninfo(url: str) -> str:
-    """``url`` with the defaults above for what neither it nor the environment sets."""
+    """``url`` with the defaults above for what neither it nor the environment sets.
+
+    A URL libpq cannot parse (a misspelt parameter, a bad %-escape, an unclosed ``[``)
+    is a setting, one line; libpq's own message quotes the token or the whole URL, so
+    the password is masked in it.
+    """
+    import psycopg
     from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
-    given = conninfo_to_dict(url)
+    try:
+        given = conninfo_to_dict(url)
+    except psycopg.ProgrammingError as err:
+        reason = redact(_pg_reason(err))
+        password = url.partition("://")[2].rpartition("@")[0].partition(":")[2]
+        if password:
+            reason = reason.replace(password, MASK)
+        raise ConfigError(f"invalid warehouse URL {redact(url)}: {reason}") from None
     unset = {
         k: v
         for k, v in _PG_DEFAULTS.items()

@@ -93,6 +93,34 @@ def test_a_port_that_is_not_a_number_is_one_line_without_the_password(capsys) ->
     assert err.count("\n") == 1 and "not-to-be-shown" not in err
 
 
+@pytest.mark.parametrize(
+    "url, reason",
+    [
+        (
+            "postgresql://u:not%zz-to-be-shown@127.0.0.1:5432/db",
+            'invalid percent-encoded token: "***"',
+        ),
+        (
+            "postgresql://u:not-to-be-shown@[::1/db",
+            'end of string reached when looking for matching "]" in IPv6 host address in URI:'
+            ' "postgresql://u:***@[::1/db"',
+        ),
+        (
+            "postgresql://u:not-to-be-shown@127.0.0.1:5432/db?sslmod=require",
+            'invalid URI query parameter: "sslmod"',
+        ),
+    ],
+)
+def test_a_url_libpq_cannot_parse_is_one_line_without_the_password(
+    url: str, reason: str, capsys
+) -> None:
+    assert main(["results", "--warehouse", url]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("dfscan: error: invalid warehouse URL postgresql://u:***@")
+    assert err.endswith(f": {reason}\n") and err.count("\n") == 1
+    assert "not-to-be-shown" not in err and "not%zz-to-be-shown" not in err
+
+
 # --- upserts -------------------------------------------------------------------------
 
 
