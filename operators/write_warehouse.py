@@ -198,11 +198,11 @@ class Warehouse(abc.ABC):
         self._execute(scan_runs_ddl(self.dialect, self.runs_table))
         self._execute(video_uris_ddl(self.dialect, self.uris_table))
         self._execute(training_runs_ddl(self.dialect, self.training_table))
-        for table, schema in (
-            (self.scans_table, VIDEO_SCANS_SCHEMA),
-            (self.runs_table, SCAN_RUNS_SCHEMA),
-            (self.uris_table, VIDEO_URIS_SCHEMA),
-            (self.training_table, TRAINING_RUNS_SCHEMA),
+        for table, schema, key in (
+            (self.scans_table, VIDEO_SCANS_SCHEMA, VIDEO_SCANS_KEY),
+            (self.runs_table, SCAN_RUNS_SCHEMA, SCAN_RUNS_KEY),
+            (self.uris_table, VIDEO_URIS_SCHEMA, VIDEO_URIS_KEY),
+            (self.training_table, TRAINING_RUNS_SCHEMA, TRAINING_RUNS_KEY),
         ):
             found = {
                 r["column_name"]
@@ -219,8 +219,26 @@ class Warehouse(abc.ABC):
                     f"warehouse table {table} lacks columns {', '.join(missing)}:"
                     " migrate it or use another database"
                 )
+            # Plan the upsert on no rows: a table made without its key (CREATE TABLE AS,
+            # a restore that dropped constraints) fails here, not at the first batch of
+            # rows, after the decode.
+            cols = ", ".join(quote_identifier(n) for n in schema.names)
+            probe = f"SELECT {cols} FROM {quote_identifier(table)} WHERE false"
+            try:
+                self._execute(upsert_sql(table, schema, key, probe))
+            except self._no_conflict_key:
+                raise ConfigError(
+                    f"warehouse table {table} has no primary key or unique index on"
+                    f" ({', '.join(key)}): add one or use another database"
+                ) from None
         for statement in view_statements(self.scans_table):
             self._execute(statement)
+
+    @property
+    def _no_conflict_key(self) -> tuple[type[Exception], ...]:
+        """The error the backend raises for an ON CONFLICT target no unique key matches
+        (a property: the driver is imported only when used)."""
+        return ()
 
     def start_run(self, run_id: str, command: str, config_json: str, code_version: str) -> None:
         """Record a run as running. A restart with the same run_id resets its row."""
@@ -512,6 +530,12 @@ class DuckDBWarehouse(Warehouse):
         # Drain the result: in DuckDB 2.0 an open result holds the connection.
         self.con.execute(sql, list(params)).fetchall()
 
+    @property
+    def _no_conflict_key(self) -> tuple[type[Exception], ...]:
+        import duckdb
+
+        return (duckdb.BinderException,)
+
     def upsert_scans(self, rows: list[VideoScan]) -> int:
         import duckdb
 
@@ -689,6 +713,12 @@ class PostgresWarehouse(Warehouse):
     def _execute(self, sql: str, params: Sequence[Any] = ()) -> None:
         with self._unavailable():
             self.con.execute(sql, list(params))
+
+    @property
+    def _no_conflict_key(self) -> tuple[type[Exception], ...]:
+        import psycopg
+
+        return (psycopg.errors.InvalidColumnReference,)
 
     def ensure_schema(self) -> None:
         """The shared schema setup, serialised across processes by an advisory lock."""

@@ -26,6 +26,7 @@ from operators.write_warehouse import (
 from pipelines.cli import main
 from pipelines.config import ConfigError
 from schemas.arrow import VIDEO_SCANS_SCHEMA
+from schemas.warehouse import video_scans_ddl
 from tests.test_write_warehouse import HOUR, MAY_1, make_scan, make_unscored
 
 pytestmark = pytest.mark.services
@@ -236,6 +237,22 @@ def test_ensure_schema_refuses_a_table_missing_columns(pg_url: str) -> None:
         wh._execute("CREATE TABLE video_scans (video_id TEXT, model_version TEXT)")
         with pytest.raises(ConfigError, match="lacks columns uri, size_bytes"):
             wh.ensure_schema()
+
+
+def test_ensure_schema_refuses_a_table_without_its_key_before_any_row(pg_url: str) -> None:
+    key = ',\n    PRIMARY KEY ("video_id", "model_version")'
+    ddl = video_scans_ddl("postgres").replace(key, "")
+    with PostgresWarehouse(pg_url) as wh:
+        wh._execute(ddl)
+        with pytest.raises(ConfigError) as err:
+            wh.ensure_schema()
+        assert str(err.value) == (
+            "warehouse table video_scans has no primary key or unique index on"
+            " (video_id, model_version): add one or use another database"
+        )
+        wh._execute('CREATE UNIQUE INDEX by_key ON video_scans ("video_id", "model_version")')
+        wh.ensure_schema()  # a unique index is a key ON CONFLICT can use
+        assert wh.upsert_scans([make_scan(video_id="a"), make_scan(video_id="a")]) == 1
 
 
 # --- views ---------------------------------------------------------------------------

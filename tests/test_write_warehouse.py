@@ -402,6 +402,23 @@ def test_ensure_schema_refuses_a_table_missing_columns(wh_url: str) -> None:
             wh.ensure_schema()
 
 
+def test_ensure_schema_refuses_a_table_without_its_key_before_any_row(wh_url: str) -> None:
+    """A table made without its primary key (CREATE TABLE AS, a restore) would fail the
+    first upsert, after the decode; setup says so instead."""
+    ddl = video_scans_ddl("duckdb").replace(',\n    PRIMARY KEY ("video_id", "model_version")', "")
+    with DuckDBWarehouse(wh_url) as wh:
+        wh.con.execute(ddl)
+        with pytest.raises(ConfigError) as err:
+            wh.ensure_schema()
+        assert str(err.value) == (
+            "warehouse table video_scans has no primary key or unique index on"
+            " (video_id, model_version): add one or use another database"
+        )
+        wh.con.execute('CREATE UNIQUE INDEX by_key ON video_scans ("video_id", "model_version")')
+        wh.ensure_schema()  # a unique index is a key ON CONFLICT can use
+        assert wh.upsert_scans([make_scan(video_id="a"), make_scan(video_id="a")]) == 1
+
+
 # --- names and URLs ------------------------------------------------------------------
 
 
