@@ -205,9 +205,10 @@ class Warehouse(abc.ABC):
             (self.training_table, TRAINING_RUNS_SCHEMA, TRAINING_RUNS_KEY),
         ):
             found = {
-                r["column_name"]
+                r["column_name"]: r
                 for r in self._fetch(
-                    "SELECT column_name FROM information_schema.columns"
+                    "SELECT column_name, is_nullable, column_default"
+                    " FROM information_schema.columns"
                     f" WHERE table_name = {self.placeholder}"
                     " AND table_schema = current_schema()",
                     [table],
@@ -218,6 +219,21 @@ class Warehouse(abc.ABC):
                 raise ConfigError(
                     f"warehouse table {table} lacks columns {', '.join(missing)}:"
                     " migrate it or use another database"
+                )
+            # A column this version does not write gets NULL: one that refuses it (left
+            # by an older layout) would fail every upsert, after the decode.
+            refusing = [
+                n
+                for n, r in found.items()
+                if n not in schema.names
+                and r["is_nullable"] == "NO"
+                and r["column_default"] is None
+            ]
+            if refusing:
+                raise ConfigError(
+                    f"warehouse table {table} has NOT NULL columns this version does not"
+                    f" write: {', '.join(sorted(refusing))}: give them a default, drop NOT NULL"
+                    " or use another database"
                 )
             # Plan the upsert on no rows: a table made without its key (CREATE TABLE AS,
             # a restore that dropped constraints) fails here, not at the first batch of
@@ -746,8 +762,10 @@ class PostgresWarehouse(Warehouse):
             con = self.con
             with con.transaction(), con.cursor() as cur:
                 cur.execute(
-                    f"CREATE TEMPORARY TABLE {staged}"
-                    f" (LIKE {quote_identifier(self.scans_table)}) ON COMMIT DROP"
+                    # With its defaults: a column this version does not COPY gets its
+                    # default here as in the table, not a NULL its NOT NULL refuses.
+                    f"CREATE TEMPORARY TABLE {staged} (LIKE"
+                    f" {quote_identifier(self.scans_table)} INCLUDING DEFAULTS) ON COMMIT DROP"
                 )
                 with cur.copy(f"COPY {staged} ({cols}) FROM STDIN") as copy:
                     for record in video_scans_table(unique).to_pylist():

@@ -402,6 +402,25 @@ def test_ensure_schema_refuses_a_table_missing_columns(wh_url: str) -> None:
             wh.ensure_schema()
 
 
+def test_ensure_schema_refuses_a_not_null_column_it_does_not_write(
+    wh_url: str,
+) -> None:
+    """A column an older layout left behind gets NULL from every upsert: if it refuses
+    NULL, setup says so, rather than the first batch of rows after the decode."""
+    with DuckDBWarehouse(wh_url) as wh:
+        wh.ensure_schema()
+        wh.con.execute('ALTER TABLE video_scans ADD COLUMN "legacy_score" DOUBLE NOT NULL')
+        with pytest.raises(ConfigError) as err:
+            wh.ensure_schema()
+        assert str(err.value) == (
+            "warehouse table video_scans has NOT NULL columns this version does not write:"
+            " legacy_score: give them a default, drop NOT NULL or use another database"
+        )
+        wh.con.execute('ALTER TABLE video_scans ALTER COLUMN "legacy_score" SET DEFAULT 0')
+        wh.ensure_schema()  # a default fills it
+        assert wh.upsert_scans([make_scan(video_id="a")]) == 1
+
+
 def test_ensure_schema_refuses_a_table_without_its_key_before_any_row(wh_url: str) -> None:
     """A table made without its primary key (CREATE TABLE AS, a restore) would fail the
     first upsert, after the decode; setup says so instead."""
