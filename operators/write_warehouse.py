@@ -235,9 +235,26 @@ class Warehouse(abc.ABC):
                     f" write: {', '.join(sorted(refusing))}: give them a default, drop NOT NULL"
                     " or use another database"
                 )
-            # Plan the upsert on no rows: a table made without its key (CREATE TABLE AS,
-            # a restore that dropped constraints) fails here, not at the first batch of
-            # rows, after the decode.
+            # A table made without its key (CREATE TABLE AS, a restore that dropped
+            # constraints) fails here, not at the first batch of rows, after the decode.
+            # The catalog names the key our DDL declares; without it, the upsert is
+            # planned on no rows, so the database itself says whether another unique
+            # index serves (the probe locks the table, hence only then).
+            p = self.placeholder
+            keys: dict[str, set[str]] = {}
+            for r in self._fetch(
+                "SELECT tc.constraint_name, kcu.column_name"
+                " FROM information_schema.table_constraints tc"
+                " JOIN information_schema.key_column_usage kcu"
+                " ON kcu.constraint_name = tc.constraint_name"
+                " AND kcu.table_schema = tc.table_schema AND kcu.table_name = tc.table_name"
+                f" WHERE tc.table_name = {p} AND tc.table_schema = current_schema()"
+                " AND tc.constraint_type IN ('PRIMARY KEY', 'UNIQUE')",
+                [table],
+            ):
+                keys.setdefault(r["constraint_name"], set()).add(r["column_name"])
+            if set(key) in keys.values():
+                continue
             cols = ", ".join(quote_identifier(n) for n in schema.names)
             probe = f"SELECT {cols} FROM {quote_identifier(table)} WHERE false"
             try:
