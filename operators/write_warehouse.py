@@ -724,6 +724,21 @@ class PostgresWarehouse(Warehouse):
             self._con = con
         return self._con
 
+    def _checked_con(self) -> psycopg.Connection[Row]:
+        """The connection, checked with an empty statement (as psycopg_pool checks a
+        pooled one): a writer idles while videos decode, and a server restart or
+        failover in that time cuts its connection without a word. Found here, it is
+        opened again before the batch is sent; the batch itself is never sent twice."""
+        import psycopg
+
+        con = self.con
+        try:
+            con.execute("")
+        except psycopg.OperationalError:
+            con.close()
+            con = self.con  # reconnects, or says the warehouse is lost
+        return con
+
     @contextlib.contextmanager
     def _unavailable(self) -> Iterator[None]:
         """psycopg's OperationalError (server shut down or restarted, connection cut) as
@@ -776,7 +791,7 @@ class PostgresWarehouse(Warehouse):
             f"SELECT {cols} FROM {staged} ORDER BY {order}",
         )
         with self._unavailable():
-            con = self.con
+            con = self._checked_con()
             with con.transaction(), con.cursor() as cur:
                 cur.execute(
                     # With its defaults: a column this version does not COPY gets its

@@ -294,6 +294,27 @@ def test_a_postgres_warehouse_reports_a_lost_server_and_reconnects_once_it_is_ba
         warehouse.close()
 
 
+@pytest.mark.services
+def test_a_postgres_restart_while_the_writer_idles_costs_no_batch(
+    postgres: PostgresServer,
+) -> None:
+    """The writer waits on decode between batches; a server restart (maintenance, a
+    failover) in that time cut its connection, and the next batch failed the scan
+    against a server that was up again."""
+    from tests.test_write_warehouse import make_scan
+
+    warehouse = build_warehouse(postgres.url)
+    try:
+        warehouse.ensure_schema()
+        warehouse.upsert_scans([make_scan(video_id="before")])
+        postgres.stop()
+        postgres.start()
+        assert warehouse.upsert_scans([make_scan(video_id="after")]) == 1
+        assert sorted(r["video_id"] for r in warehouse.query_scans()) == ["after", "before"]
+    finally:
+        warehouse.close()
+
+
 def pg_rows(url: str) -> tuple[list[tuple[Any, ...]], dict[str, str]]:
     with psycopg.connect(url) as con:
         rows = con.execute(
