@@ -265,12 +265,27 @@ class Warehouse(abc.ABC):
                     f" ({', '.join(key)}): add one or use another database"
                 ) from None
         for statement in view_statements(self.scans_table):
-            self._execute(statement)
+            try:
+                self._execute(statement)
+            except self._view_mismatch as err:
+                # CREATE OR REPLACE VIEW <name> AS ...: a view of another layout (an
+                # older version's, a hand-edited one) cannot be replaced in place.
+                view = statement.split()[4]
+                raise ConfigError(
+                    f"warehouse view {view} has another layout ({_pg_reason(err)}):"
+                    " drop it and the next scan makes it again"
+                ) from None
 
     @property
     def _no_conflict_key(self) -> tuple[type[Exception], ...]:
         """The error the backend raises for an ON CONFLICT target no unique key matches
         (a property: the driver is imported only when used)."""
+        return ()
+
+    @property
+    def _view_mismatch(self) -> tuple[type[Exception], ...]:
+        """The error the backend raises when CREATE OR REPLACE VIEW would change an
+        existing view's columns (DuckDB replaces any view)."""
         return ()
 
     def start_run(self, run_id: str, command: str, config_json: str, code_version: str) -> None:
@@ -767,6 +782,12 @@ class PostgresWarehouse(Warehouse):
         import psycopg
 
         return (psycopg.errors.InvalidColumnReference,)
+
+    @property
+    def _view_mismatch(self) -> tuple[type[Exception], ...]:
+        import psycopg
+
+        return (psycopg.errors.InvalidTableDefinition,)
 
     def ensure_schema(self) -> None:
         """The shared schema setup, serialised across processes by an advisory lock."""

@@ -274,6 +274,27 @@ def test_ensure_schema_refuses_a_table_without_its_key_before_any_row(pg_url: st
         assert wh.upsert_scans([make_scan(video_id="a"), make_scan(video_id="a")]) == 1
 
 
+def test_a_dashboard_view_of_another_layout_is_one_line_at_setup(pg_url: str) -> None:
+    """PostgreSQL cannot CREATE OR REPLACE a view whose columns change: an older or
+    hand-edited view was a psycopg traceback out of every scan's setup."""
+    with PostgresWarehouse(pg_url) as wh:
+        wh.ensure_schema()
+        wh._execute("DROP VIEW daily_status_counts")
+        wh._execute(
+            "CREATE VIEW daily_status_counts AS SELECT status, COUNT(*) AS n"
+            " FROM video_scans GROUP BY status"
+        )
+        with pytest.raises(ConfigError) as err:
+            wh.ensure_schema()
+        assert str(err.value) == (
+            "warehouse view daily_status_counts has another layout (cannot change name of"
+            ' view column "status" to "day"): drop it and the next scan makes it again'
+        )
+        wh._execute("DROP VIEW daily_status_counts")
+        wh.ensure_schema()
+        assert _view(wh, "SELECT * FROM daily_status_counts") == []
+
+
 # --- views ---------------------------------------------------------------------------
 
 
