@@ -158,6 +158,8 @@ def run_rescore(
     runner = RUNNERS[cfg.engine.name](cfg.engine)
     metrics = ScanMetrics()
     metrics.set_info(model_version=version, code_version=code_version(), runner=runner.name)
+    # Open until the run record is closed, as a scan's: the DuckDB file stays this
+    # process's (the writer shares it), so a reader that comes mid-run is refused.
     warehouse = build_warehouse(cfg.warehouse_url)
     warehouse.ensure_schema()
     warehouse.start_run(cfg.run_id, "rescore", _config_json(cfg), code_version())
@@ -165,7 +167,6 @@ def run_rescore(
     status, error = "failed", None
     try:
         todo, summary.skipped = plan_rescore(cfg, warehouse, version, meta.crop_scale)
-        warehouse.close()  # DuckDB: the writer operator opens the file next
         if on_listed:
             on_listed(len(todo))
         items: list[Any] = list(todo)
@@ -182,10 +183,12 @@ def run_rescore(
         raise
     finally:
         summary.seconds = time.time() - started
-        warehouse.close()
-        warehouse = build_warehouse(cfg.warehouse_url)
-        warehouse.finish_run(cfg.run_id, status, dict(summary.counts), error)
-        warehouse.close()
+        try:
+            # A fresh connection: PostgreSQL may have cut the idle one.
+            with build_warehouse(cfg.warehouse_url) as record:
+                record.finish_run(cfg.run_id, status, dict(summary.counts), error)
+        finally:
+            warehouse.close()
     return summary
 
 
