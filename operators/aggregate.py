@@ -157,7 +157,12 @@ class VideoAggregator(Operator[ScoredVideo, VideoScan]):
     name = "aggregate"
 
     def __init__(
-        self, cfg: AggregateConfig, model_version: str, model_arch: str, run_id: str
+        self,
+        cfg: AggregateConfig,
+        model_version: str,
+        model_arch: str,
+        run_id: str,
+        videos_per_batch: int = 64,
     ) -> None:
         if cfg.rule not in DECISION_RULES:
             raise ValueError(f"unknown decision rule {cfg.rule!r}")
@@ -165,10 +170,13 @@ class VideoAggregator(Operator[ScoredVideo, VideoScan]):
         self.model_version = model_version
         self.model_arch = model_arch
         self.run_id = run_id
+        self.videos_per_batch = videos_per_batch
 
     @property
     def resources(self) -> Resources:
-        return Resources(cpus=0.1, batch_size=64)  # arithmetic on a few hundred floats
+        # Arithmetic on a few hundred floats: the batch only sets how long rows wait
+        # here before the warehouse writer sees them.
+        return Resources(cpus=0.1, batch_size=self.videos_per_batch)
 
     def process_batch(self, items: list[ScoredVideo]) -> list[VideoScan]:
         import time

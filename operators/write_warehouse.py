@@ -32,6 +32,7 @@ import pyarrow as pa
 
 from operators.base import Operator, Resources
 from operators.list_videos import URI_ID_PREFIX
+from operators.redact import MASK, redact
 from pipelines.config import ConfigError
 from schemas.arrow import VIDEO_SCANS_KEY, VIDEO_SCANS_SCHEMA
 from schemas.records import TrainingRun, VideoFile, VideoRef, VideoScan, VideoStatus
@@ -215,16 +216,17 @@ class Warehouse(abc.ABC):
         self._execute(scan_runs_ddl(self.dialect, self.runs_table))
         self._execute(video_uris_ddl(self.dialect, self.uris_table))
         self._execute(training_runs_ddl(self.dialect, self.training_table))
-        for table, schema in (
-            (self.scans_table, VIDEO_SCANS_SCHEMA),
-            (self.runs_table, SCAN_RUNS_SCHEMA),
-            (self.uris_table, VIDEO_URIS_SCHEMA),
-            (self.training_table, TRAINING_RUNS_SCHEMA),
+        for table, schema, key in (
+            (self.scans_table, VIDEO_SCANS_SCHEMA, VIDEO_SCANS_KEY),
+            (self.runs_table, SCAN_RUNS_SCHEMA, SCAN_RUNS_KEY),
+            (self.uris_table, VIDEO_URIS_SCHEMA, VIDEO_URIS_KEY),
+            (self.training_table, TRAINING_RUNS_SCHEMA, TRAINING_RUNS_KEY),
         ):
             found = {
-                r["column_name"]
+                r["column_name"]: r
                 for r in self._fetch(
-                    "SELECT column_name FROM information_schema.columns"
+                    "SELECT column_name, is_nullable, column_default"
+                    " FROM information_schema.columns"
                     f" WHERE table_name = {self.placeholder}"
                     " AND table_schema = current_schema()",
                     [table],
@@ -236,8 +238,73 @@ class Warehouse(abc.ABC):
                     f"warehouse table {table} lacks columns {', '.join(missing)}:"
                     " migrate it or use another database"
                 )
+            # A column this version does not write gets NULL: one that refuses it (left
+            # by an older layout) would fail every upsert, after the decode.
+            refusing = [
+                n
+                for n, r in found.items()
+                if n not in schema.names
+                and r["is_nullable"] == "NO"
+                and r["column_default"] is None
+            ]
+            if refusing:
+                raise ConfigError(
+                    f"warehouse table {table} has NOT NULL columns this version does not"
+                    f" write: {', '.join(sorted(refusing))}: give them a default, drop NOT NULL"
+                    " or use another database"
+                )
+            # A table made without its key (CREATE TABLE AS, a restore that dropped
+            # constraints) fails here, not at the first batch of rows, after the decode.
+            # The catalog names the key our DDL declares; without it, the upsert is
+            # planned on no rows, so the database itself says whether another unique
+            # index serves (the probe locks the table, hence only then).
+            p = self.placeholder
+            keys: dict[str, set[str]] = {}
+            for r in self._fetch(
+                "SELECT tc.constraint_name, kcu.column_name"
+                " FROM information_schema.table_constraints tc"
+                " JOIN information_schema.key_column_usage kcu"
+                " ON kcu.constraint_name = tc.constraint_name"
+                " AND kcu.table_schema = tc.table_schema AND kcu.table_name = tc.table_name"
+                f" WHERE tc.table_name = {p} AND tc.table_schema = current_schema()"
+                " AND tc.constraint_type IN ('PRIMARY KEY', 'UNIQUE')",
+                [table],
+            ):
+                keys.setdefault(r["constraint_name"], set()).add(r["column_name"])
+            if set(key) in keys.values():
+                continue
+            cols = ", ".join(quote_identifier(n) for n in schema.names)
+            probe = f"SELECT {cols} FROM {quote_identifier(table)} WHERE false"
+            try:
+                self._execute(upsert_sql(table, schema, key, probe))
+            except self._no_conflict_key:
+                raise ConfigError(
+                    f"warehouse table {table} has no primary key or unique index on"
+                    f" ({', '.join(key)}): add one or use another database"
+                ) from None
         for statement in view_statements(self.scans_table):
-            self._execute(statement)
+            try:
+                self._execute(statement)
+            except self._view_mismatch as err:
+                # CREATE OR REPLACE VIEW <name> AS ...: a view of another layout (an
+                # older version's, a hand-edited one) cannot be replaced in place.
+                view = statement.split()[4]
+                raise ConfigError(
+                    f"warehouse view {view} has another layout ({_pg_reason(err)}):"
+                    " drop it and the next scan makes it again"
+                ) from None
+
+    @property
+    def _no_conflict_key(self) -> tuple[type[Exception], ...]:
+        """The error the backend raises for an ON CONFLICT target no unique key matches
+        (a property: the driver is imported only when used)."""
+        return ()
+
+    @property
+    def _view_mismatch(self) -> tuple[type[Exception], ...]:
+        """The error the backend raises when CREATE OR REPLACE VIEW would change an
+        existing view's columns (DuckDB replaces any view)."""
+        return ()
 
     def start_run(self, run_id: str, command: str, config_json: str, code_version: str) -> None:
         """Record a run as running. A restart with the same run_id resets its row but for
@@ -538,6 +605,12 @@ class DuckDBWarehouse(Warehouse):
         # Drain the result: in DuckDB 2.0 an open result holds the connection.
         self.con.execute(sql, list(params)).fetchall()
 
+    @property
+    def _no_conflict_key(self) -> tuple[type[Exception], ...]:
+        import duckdb
+
+        return (duckdb.BinderException,)
+
     def upsert_scans(self, rows: list[VideoScan]) -> int:
         import duckdb
 
@@ -608,10 +681,23 @@ _PG_DEFAULTS = {"connect_timeout": "10", "keepalives_idle": "60"}
 
 
 def _pg_conninfo(url: str) -> str:
-    """``url`` with the defaults above for what neither it nor the environment sets."""
+    """``url`` with the defaults above for what neither it nor the environment sets.
+
+    A URL libpq cannot parse (a misspelt parameter, a bad %-escape, an unclosed ``[``)
+    is a setting, one line; libpq's own message quotes the token or the whole URL, so
+    the password is masked in it.
+    """
+    import psycopg
     from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
-    given = conninfo_to_dict(url)
+    try:
+        given = conninfo_to_dict(url)
+    except psycopg.ProgrammingError as err:
+        reason = redact(_pg_reason(err))
+        password = url.partition("://")[2].rpartition("@")[0].partition(":")[2]
+        if password:
+            reason = reason.replace(password, MASK)
+        raise ConfigError(f"invalid warehouse URL {redact(url)}: {reason}") from None
     unset = {
         k: v
         for k, v in _PG_DEFAULTS.items()
@@ -680,6 +766,21 @@ class PostgresWarehouse(Warehouse):
             self._con = con
         return self._con
 
+    def _checked_con(self) -> psycopg.Connection[Row]:
+        """The connection, checked with an empty statement (as psycopg_pool checks a
+        pooled one): a writer idles while videos decode, and a server restart or
+        failover in that time cuts its connection without a word. Found here, it is
+        opened again before the batch is sent; the batch itself is never sent twice."""
+        import psycopg
+
+        con = self.con
+        try:
+            con.execute("")
+        except psycopg.OperationalError:
+            con.close()
+            con = self.con  # reconnects, or says the warehouse is lost
+        return con
+
     @contextlib.contextmanager
     def _unavailable(self) -> Iterator[None]:
         """psycopg's OperationalError (server shut down or restarted, connection cut) as
@@ -702,6 +803,18 @@ class PostgresWarehouse(Warehouse):
     def _execute(self, sql: str, params: Sequence[Any] = ()) -> None:
         with self._unavailable():
             self.con.execute(sql, list(params))
+
+    @property
+    def _no_conflict_key(self) -> tuple[type[Exception], ...]:
+        import psycopg
+
+        return (psycopg.errors.InvalidColumnReference,)
+
+    @property
+    def _view_mismatch(self) -> tuple[type[Exception], ...]:
+        import psycopg
+
+        return (psycopg.errors.InvalidTableDefinition,)
 
     def ensure_schema(self) -> None:
         """The shared schema setup, serialised across processes by an advisory lock."""
@@ -726,11 +839,13 @@ class PostgresWarehouse(Warehouse):
             f"SELECT {cols} FROM {staged} ORDER BY {order}",
         )
         with self._unavailable():
-            con = self.con
+            con = self._checked_con()
             with con.transaction(), con.cursor() as cur:
                 cur.execute(
-                    f"CREATE TEMPORARY TABLE {staged}"
-                    f" (LIKE {quote_identifier(self.scans_table)}) ON COMMIT DROP"
+                    # With its defaults: a column this version does not COPY gets its
+                    # default here as in the table, not a NULL its NOT NULL refuses.
+                    f"CREATE TEMPORARY TABLE {staged} (LIKE"
+                    f" {quote_identifier(self.scans_table)} INCLUDING DEFAULTS) ON COMMIT DROP"
                 )
                 with cur.copy(f"COPY {staged} ({cols}) FROM STDIN") as copy:
                     for record in video_scans_table(unique).to_pylist():

@@ -66,6 +66,15 @@ def default_warehouse(out: str) -> str:
     return "duckdb://" + str(Path(_local_path(out)).resolve() / "scans.duckdb")
 
 
+def warehouse_arg(text: str) -> str:
+    """argparse type of ``--warehouse``: an empty value (``--warehouse "$URL"`` with the
+    variable unset) is an error, not the default, or a nightly job meant for PostgreSQL
+    writes a DuckDB file in its container and exits 0."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("empty warehouse URL: leave the flag out for the default")
+    return text
+
+
 def new_run_id() -> str:
     stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
     return f"{stamp}-{uuid.uuid4().hex[:6]}"
@@ -100,6 +109,7 @@ def register_scan(sub: Any) -> None:
     p.add_argument("--out", default=DEFAULT_OUT, help="output URI for face shards and metrics")
     p.add_argument(
         "--warehouse",
+        type=warehouse_arg,
         help="warehouse URL (default: duckdb://<OUT>/scans.duckdb, OUT made absolute)",
     )
     p.add_argument(
@@ -213,6 +223,7 @@ def register_results(sub: Any) -> None:
     p = sub.add_parser("results", help="show warehouse rows")
     p.add_argument(
         "--warehouse",
+        type=warehouse_arg,
         default=os.environ.get("DFSCAN_WAREHOUSE"),
         help="warehouse URL (default: duckdb://out/scans.duckdb, in this directory)",
     )

@@ -112,6 +112,10 @@ def build_operators(cfg: ScanConfig, model: ModelInfo) -> list[Operator]:
         *build_extraction_operators(cfg),
         # Never more videos per call than a shard brings at once: scoring starts per part.
         FaceScorer(cfg.scorer, opts, videos_per_call=min(8, cfg.shard_max_videos)),
-        VideoAggregator(cfg.aggregate, model.version, model.arch, cfg.run_id),
+        # Rows pass on a transaction's worth at a time: a batch of 64 here held every
+        # row of a run under 64 videos until its end, whatever the writer's batch.
+        VideoAggregator(
+            cfg.aggregate, model.version, model.arch, cfg.run_id, cfg.warehouse_max_rows
+        ),
         WarehouseWriter(cfg.warehouse_url, cfg.warehouse_max_rows),
     ]

@@ -158,6 +158,8 @@ def run_rescore(
     runner = RUNNERS[cfg.engine.name](cfg.engine)
     metrics = ScanMetrics()
     metrics.set_info(model_version=version, code_version=code_version(), runner=runner.name)
+    # Open until the run record is closed, as a scan's: the DuckDB file stays this
+    # process's (the writer shares it), so a reader that comes mid-run is refused.
     warehouse = build_warehouse(cfg.warehouse_url)
     warehouse.ensure_schema()
     warehouse.start_run(cfg.run_id, "rescore", _config_json(cfg), code_version())
@@ -165,7 +167,6 @@ def run_rescore(
     status, error = "failed", None
     try:
         todo, summary.skipped = plan_rescore(cfg, warehouse, version, meta.crop_scale)
-        warehouse.close()  # DuckDB: the writer operator opens the file next
         if on_listed:
             on_listed(len(todo))
         items: list[Any] = list(todo)
@@ -182,10 +183,12 @@ def run_rescore(
         raise
     finally:
         summary.seconds = time.time() - started
-        warehouse.close()
-        warehouse = build_warehouse(cfg.warehouse_url)
-        warehouse.finish_run(cfg.run_id, status, dict(summary.counts), error)
-        warehouse.close()
+        try:
+            # A fresh connection: PostgreSQL may have cut the idle one.
+            with build_warehouse(cfg.warehouse_url) as record:
+                record.finish_run(cfg.run_id, status, dict(summary.counts), error)
+        finally:
+            warehouse.close()
     return summary
 
 
@@ -201,6 +204,7 @@ def _config_json(cfg: RescoreConfig) -> str:
 # ---------------------------------------------------------------- command line
 def register(sub: Any) -> None:
     from operators.aggregate import DECISION_RULES
+    from pipelines.cli import warehouse_arg
     from pipelines.limits_cli import _fraction
     from pipelines.scoring_cli import add_scoring_arguments
 
@@ -209,6 +213,7 @@ def register(sub: Any) -> None:
     p.add_argument("--model", required=True, help="the new classifier checkpoint")
     p.add_argument(
         "--warehouse",
+        type=warehouse_arg,
         help="warehouse URL (default: duckdb://<OUT>/scans.duckdb when --faces is OUT/faces)",
     )
     p.add_argument("--rule", default=AggregateConfig.rule, choices=sorted(DECISION_RULES))

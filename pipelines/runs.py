@@ -44,9 +44,12 @@ def format_runs(rows: list[dict[str, Any]]) -> list[str]:
 
 
 def register(sub: Any) -> None:
+    from pipelines.cli import warehouse_arg
+
     p = sub.add_parser("runs", help="list recorded training runs and tuning trials")
     p.add_argument(
         "--warehouse",
+        type=warehouse_arg,
         default=os.environ.get("DFSCAN_WAREHOUSE"),
         required=os.environ.get("DFSCAN_WAREHOUSE") is None,
         help="warehouse URL the runs were recorded in (train/tune --warehouse)",

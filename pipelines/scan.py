@@ -150,6 +150,10 @@ def run_scan(
     started = time.time()
     # The warehouse before anything else: a locked file or an unreachable server fails
     # here, in one line, before the model is loaded, a bucket listed or a frame decoded.
+    # This connection stays open until the run record is closed: a DuckDB file is then
+    # this process's from the first check to the last row (the writer, in this process
+    # on every engine's default runner, shares it), so a dashboard or `dfscan results`
+    # opened mid-run is refused instead of failing the scan after its decode.
     warehouse = build_warehouse(cfg.warehouse_url)
     warehouse.ensure_schema()
     listing = ListingReport()
@@ -210,7 +214,6 @@ def run_scan(
             cfg.run_id,
             rescan=cfg.rescan,
         )
-        warehouse.close()  # DuckDB: the writer operator opens the file next
         summary.skipped, summary.duplicates = len(plan.skipped), len(plan.duplicates)
         summary.hashed, summary.cached = plan.hashed, plan.cached
         # Only the refs left to decode outlive the plan: the listing and the skipped and
@@ -245,13 +248,14 @@ def run_scan(
         raise
     finally:
         summary.seconds = time.time() - started
-        warehouse.close()
         unrecorded: WarehouseUnavailable | None = None  # rows written, record not closed
         try:
             _finish_run(cfg, status, dict(summary.counts), error, failure)
         except WarehouseUnavailable as err:
             unrecorded = err
             metrics.mark_failure()  # the command fails: the metrics say so too
+        finally:
+            warehouse.close()  # DuckDB: only now may another process have the file
         try:
             _after_failure(
                 failure or unrecorded,
@@ -297,7 +301,8 @@ def _finish_run(
     error: str | None,
     failure: BaseException | None,
 ) -> None:
-    """Close the run record, on a fresh connection (DuckDB: the writer has let go).
+    """Close the run record, on a fresh connection (PostgreSQL: the scan's own may have
+    been cut while it idled; DuckDB: it shares the file the scan still holds).
 
     After a successful scan every row is committed; a warehouse lost just before the
     record is closed still fails the command (the record would say "running"), with a

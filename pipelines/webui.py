@@ -33,6 +33,8 @@ from operators.write_warehouse import (
     DuckDBWarehouse,
     PostgresWarehouse,
     Row,
+    WarehouseUnavailable,
+    _duckdb_open_error,
     duckdb_path,
     warehouse_class,
 )
@@ -227,7 +229,10 @@ class ReadOnlyDuckDBWarehouse(ScanQueries, DuckDBWarehouse):
 
             if self.path == ":memory:" or not Path(self.path).exists():
                 raise ConfigError(f"no warehouse at {self.url}: run `dfscan scan` first")
-            con = duckdb.connect(self.path, read_only=True)
+            try:
+                con = duckdb.connect(self.path, read_only=True)
+            except duckdb.IOException as err:  # a scan holds it: one line, as for scans
+                raise _duckdb_open_error(self.url, err) from None
             con.execute("SET TimeZone = 'UTC'").fetchall()
             self._con = con
         return self._con
@@ -768,7 +773,6 @@ def run_views(wh: UiReader, runs: list[Row]) -> list[dict[str, Any]]:
 # ---------------------------------------------------------------- the web app
 def create_app(browser: ScanBrowser) -> Flask:
     """The read-only app: runs, videos (filtered), a video, its thumbnails, training runs."""
-    import duckdb
     from flask import Flask, Response, abort, request, url_for
     from werkzeug.exceptions import HTTPException
 
@@ -813,9 +817,9 @@ def create_app(browser: ScanBrowser) -> Flask:
     def bad_setup(err: ConfigError) -> Response:
         return page("error.html", 500, title="Warehouse unavailable", message=str(err))
 
-    @app.errorhandler(duckdb.IOException)
-    def busy(err: duckdb.IOException) -> Response:
-        # Another process (a scan) holds the DuckDB file for writing.
+    @app.errorhandler(WarehouseUnavailable)
+    def busy(err: WarehouseUnavailable) -> Response:
+        # Another process (a scan) holds the DuckDB file, or PostgreSQL went away.
         message = f"the warehouse is busy (a scan may be writing to it): {err}"
         return page("error.html", 503, title="Warehouse busy", message=message)
 
@@ -979,7 +983,7 @@ def render_report(
 def register(sub: Any) -> None:
     import os
 
-    from pipelines.cli import DEFAULT_OUT, _positive
+    from pipelines.cli import DEFAULT_OUT, _positive, warehouse_arg
 
     default_wh = os.environ.get("DFSCAN_WAREHOUSE")
     for name, help_text in (
@@ -989,6 +993,7 @@ def register(sub: Any) -> None:
         p = sub.add_parser(name, help=help_text)
         p.add_argument(
             "--warehouse",
+            type=warehouse_arg,
             default=default_wh,
             help=f"warehouse URL (default: duckdb://{DEFAULT_OUT}/scans.duckdb, in this directory)",
         )

@@ -177,12 +177,29 @@ def test_a_locked_duckdb_warehouse_fails_before_any_work_and_the_rerun_completes
     assert_each_face_once(out, {vid: faces for vid, _, faces, _ in rows})
 
 
-def test_a_lock_taken_after_planning_fails_the_scan_with_the_lock_error_alone(
-    tmp_path: Path, tiny_checkpoint: Path, caplog: pytest.LogCaptureFixture
+def open_from_another_process(path: Path) -> str:
+    """What a dashboard or ``dfscan results`` gets opening the file now: "opened", or
+    DuckDB's lock error."""
+    code = (
+        "import duckdb, sys\n"
+        "try:\n"
+        "    duckdb.connect(sys.argv[1], read_only=True).close(); print('opened')\n"
+        "except duckdb.IOException as err:\n"
+        "    print(err)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code, str(path)], capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done.stdout.strip()
+
+
+def test_the_scan_holds_its_duckdb_file_from_planning_to_the_run_record(
+    tmp_path: Path, tiny_checkpoint: Path
 ) -> None:
-    """The driver lets go of the file between planning and the writer opening it; a
-    process that takes it then fails the scan with the lock error, and the run record
-    that cannot be closed (the same lock) adds no second message."""
+    """The driver keeps the file after planning: a reader that comes then is refused,
+    rather than taking the file and failing the scan when its writer opens it (on Beam,
+    after every video is decoded)."""
     videos, out = tmp_path / "videos", tmp_path / "out"
     add_videos(videos, FIRST)
     warehouse = out / "scans.duckdb"
@@ -190,33 +207,19 @@ def test_a_lock_taken_after_planning_fails_the_scan_with_the_lock_error_alone(
         input_uri=str(videos),
         out_uri=str(out),
         warehouse_url=f"duckdb://{warehouse}",
-        run_id="locked-mid-run",
+        run_id="held",
         sampling=SamplingConfig.parse("uniform:4"),
         detector=DetectorConfig.build("scrfd-500m"),
         scorer=ScorerConfig(checkpoint=str(tiny_checkpoint)),
         progress=False,
     )
-    with contextlib.ExitStack() as stack:
-        holder: list[int] = []
-
-        def lock_now(todo: int) -> None:
-            assert todo == len(FIRST)
-            holder.append(stack.enter_context(duckdb_held_open(warehouse)))
-
-        with pytest.raises(WarehouseUnavailable) as err:
-            run_scan(cfg, on_listed=lock_now)
-        assert str(err.value) == (
-            f"warehouse duckdb://{warehouse} is locked by another process (pid {holder[0]})"
-        )
-    assert [r.getMessage() for r in caplog.records if r.levelname == "WARNING"] == []
-    rows, runs = duckdb_rows(out)
-    assert rows == [] and runs == {"locked-mid-run": "running"}  # as a killed run's
-
-    assert dfscan(videos, out, tiny_checkpoint, "rerun").returncode == 0
+    attempts: list[str] = []
+    run_scan(cfg, on_listed=lambda todo: attempts.append(open_from_another_process(warehouse)))
+    assert len(attempts) == 1 and "Could not set lock" in attempts[0], attempts
+    assert open_from_another_process(warehouse) == "opened"  # and lets go at the end
     rows, runs = duckdb_rows(out)
     assert_one_row_per_video(rows, video_ids(videos))
-    assert runs["rerun"] == "succeeded"
-    assert_each_face_once(out, {vid: faces for vid, _, faces, _ in rows})
+    assert runs == {"held": "succeeded"}
 
 
 # --- PostgreSQL unreachable or lost --------------------------------------------------------
@@ -288,6 +291,27 @@ def test_a_postgres_warehouse_reports_a_lost_server_and_reconnects_once_it_is_ba
         finally:
             postgres.start()
         assert warehouse.query_runs() == []  # the same object, a new connection
+    finally:
+        warehouse.close()
+
+
+@pytest.mark.services
+def test_a_postgres_restart_while_the_writer_idles_costs_no_batch(
+    postgres: PostgresServer,
+) -> None:
+    """The writer waits on decode between batches; a server restart (maintenance, a
+    failover) in that time cut its connection, and the next batch failed the scan
+    against a server that was up again."""
+    from tests.test_write_warehouse import make_scan
+
+    warehouse = build_warehouse(postgres.url)
+    try:
+        warehouse.ensure_schema()
+        warehouse.upsert_scans([make_scan(video_id="before")])
+        postgres.stop()
+        postgres.start()
+        assert warehouse.upsert_scans([make_scan(video_id="after")]) == 1
+        assert sorted(r["video_id"] for r in warehouse.query_scans()) == ["after", "before"]
     finally:
         warehouse.close()
 

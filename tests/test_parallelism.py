@@ -87,6 +87,51 @@ def test_a_small_scan_commits_its_rows_as_it_goes_not_all_at_the_end(
     assert batches == [1, 1, 1, 1]
 
 
+def test_each_rows_transaction_follows_its_part_not_the_end_of_the_run(
+    tmp_path, tiny_checkpoint, monkeypatch
+):
+    # The aggregator passed rows on 64 at a time: a run under 64 videos wrote its rows
+    # at its very end, whatever the writer's batch, so a fault lost every row and the
+    # rerun decoded everything again. Run as lazy generators, one stage at a time, so
+    # the order of commits is the pipeline's own, not a race of threads.
+    from operators.write_face_shards import FaceShardWriter
+    from operators.write_warehouse import DuckDBWarehouse
+    from pipelines import scan
+    from pipelines.local import LocalRunner
+
+    events: list[str] = []
+    write, upsert = FaceShardWriter.write, DuckDBWarehouse.upsert_scans
+
+    def part(self, *args, **kwargs):
+        events.append("part")
+        return write(self, *args, **kwargs)
+
+    def rows(self, batch):
+        events.append(f"{len(batch)} row")
+        return upsert(self, batch)
+
+    monkeypatch.setattr(FaceShardWriter, "write", part)
+    monkeypatch.setattr(DuckDBWarehouse, "upsert_scans", rows)
+    monkeypatch.setitem(scan.RUNNERS, "local", lambda engine: LocalRunner(threaded=False))
+    videos = tmp_path / "videos"
+    videos.mkdir()
+    for name in sorted(os.listdir(REAL_VIDEOS))[:4]:
+        (videos / name).symlink_to(REAL_VIDEOS / name)
+    out = tmp_path / "out"
+    cfg = ScanConfig(
+        input_uri=str(videos),
+        out_uri=str(out),
+        warehouse_url=f"duckdb://{out}/scans.duckdb",
+        run_id="rows",
+        sampling=SamplingConfig.parse("uniform:2"),
+        detector=DetectorConfig.build("scrfd-500m"),
+        scorer=ScorerConfig(checkpoint=str(tiny_checkpoint)),
+        progress=False,
+    )
+    assert run_scan(cfg).videos == 4
+    assert events == ["part", "1 row"] * 4
+
+
 def scan_config(runner: str = "local", **limits: object) -> ScanConfig:
     return ScanConfig(
         input_uri="x",

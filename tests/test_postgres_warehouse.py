@@ -26,6 +26,7 @@ from operators.write_warehouse import (
 from pipelines.cli import main
 from pipelines.config import ConfigError
 from schemas.arrow import VIDEO_SCANS_SCHEMA
+from schemas.warehouse import video_scans_ddl
 from tests.test_write_warehouse import HOUR, MAY_1, make_scan, make_unscored
 
 pytestmark = pytest.mark.services
@@ -91,6 +92,34 @@ def test_a_port_that_is_not_a_number_is_one_line_without_the_password(capsys) ->
         "dfscan: error: cannot connect to warehouse postgresql://u@127.0.0.1:notaport/db: "
     )
     assert err.count("\n") == 1 and "not-to-be-shown" not in err
+
+
+@pytest.mark.parametrize(
+    "url, reason",
+    [
+        (
+            "postgresql://u:not%zz-to-be-shown@127.0.0.1:5432/db",
+            'invalid percent-encoded token: "***"',
+        ),
+        (
+            "postgresql://u:not-to-be-shown@[::1/db",
+            'end of string reached when looking for matching "]" in IPv6 host address in URI:'
+            ' "postgresql://u:***@[::1/db"',
+        ),
+        (
+            "postgresql://u:not-to-be-shown@127.0.0.1:5432/db?sslmod=require",
+            'invalid URI query parameter: "sslmod"',
+        ),
+    ],
+)
+def test_a_url_libpq_cannot_parse_is_one_line_without_the_password(
+    url: str, reason: str, capsys
+) -> None:
+    assert main(["results", "--warehouse", url]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("dfscan: error: invalid warehouse URL postgresql://u:***@")
+    assert err.endswith(f": {reason}\n") and err.count("\n") == 1
+    assert "not-to-be-shown" not in err and "not%zz-to-be-shown" not in err
 
 
 # --- upserts -------------------------------------------------------------------------
@@ -208,6 +237,62 @@ def test_ensure_schema_refuses_a_table_missing_columns(pg_url: str) -> None:
         wh._execute("CREATE TABLE video_scans (video_id TEXT, model_version TEXT)")
         with pytest.raises(ConfigError, match="lacks columns uri, size_bytes"):
             wh.ensure_schema()
+
+
+def test_ensure_schema_refuses_a_not_null_column_it_does_not_write(
+    pg_url: str,
+) -> None:
+    """A column an older layout left behind gets NULL from every upsert: if it refuses
+    NULL, setup says so, rather than the first batch of rows after the decode."""
+    with PostgresWarehouse(pg_url) as wh:
+        wh.ensure_schema()
+        wh._execute('ALTER TABLE video_scans ADD COLUMN "legacy_score" DOUBLE PRECISION NOT NULL')
+        with pytest.raises(ConfigError) as err:
+            wh.ensure_schema()
+        assert str(err.value) == (
+            "warehouse table video_scans has NOT NULL columns this version does not write:"
+            " legacy_score: give them a default, drop NOT NULL or use another database"
+        )
+        wh._execute('ALTER TABLE video_scans ALTER COLUMN "legacy_score" SET DEFAULT 0')
+        wh.ensure_schema()  # a default fills it
+        assert wh.upsert_scans([make_scan(video_id="a")]) == 1
+
+
+def test_ensure_schema_refuses_a_table_without_its_key_before_any_row(pg_url: str) -> None:
+    key = ',\n    PRIMARY KEY ("video_id", "model_version")'
+    ddl = video_scans_ddl("postgres").replace(key, "")
+    with PostgresWarehouse(pg_url) as wh:
+        wh._execute(ddl)
+        with pytest.raises(ConfigError) as err:
+            wh.ensure_schema()
+        assert str(err.value) == (
+            "warehouse table video_scans has no primary key or unique index on"
+            " (video_id, model_version): add one or use another database"
+        )
+        wh._execute('CREATE UNIQUE INDEX by_key ON video_scans ("video_id", "model_version")')
+        wh.ensure_schema()  # a unique index is a key ON CONFLICT can use
+        assert wh.upsert_scans([make_scan(video_id="a"), make_scan(video_id="a")]) == 1
+
+
+def test_a_dashboard_view_of_another_layout_is_one_line_at_setup(pg_url: str) -> None:
+    """PostgreSQL cannot CREATE OR REPLACE a view whose columns change: an older or
+    hand-edited view was a psycopg traceback out of every scan's setup."""
+    with PostgresWarehouse(pg_url) as wh:
+        wh.ensure_schema()
+        wh._execute("DROP VIEW daily_status_counts")
+        wh._execute(
+            "CREATE VIEW daily_status_counts AS SELECT status, COUNT(*) AS n"
+            " FROM video_scans GROUP BY status"
+        )
+        with pytest.raises(ConfigError) as err:
+            wh.ensure_schema()
+        assert str(err.value) == (
+            "warehouse view daily_status_counts has another layout (cannot change name of"
+            ' view column "status" to "day"): drop it and the next scan makes it again'
+        )
+        wh._execute("DROP VIEW daily_status_counts")
+        wh.ensure_schema()
+        assert _view(wh, "SELECT * FROM daily_status_counts") == []
 
 
 # --- views ---------------------------------------------------------------------------

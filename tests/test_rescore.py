@@ -132,6 +132,22 @@ def test_rescore_adds_one_row_per_video_under_the_new_model(
     assert old["a"]["fake_probability"] == 0.85  # the old rows are untouched
 
 
+def test_a_rescore_holds_its_duckdb_file_until_its_run_record(
+    scanned: Path, tiny_checkpoint: Path
+) -> None:
+    """As a scan: a reader that opens the file after planning is refused, rather than
+    taking it and failing the rescore when its writer opens it."""
+    from tests.test_faults import open_from_another_process
+
+    path = scanned / "scans.duckdb"
+    attempts: list[str] = []
+    cfg = config(scanned, tiny_checkpoint)
+    summary = run_rescore(cfg, on_listed=lambda n: attempts.append(open_from_another_process(path)))
+    assert len(attempts) == 1 and "Could not set lock" in attempts[0], attempts
+    assert open_from_another_process(path) == "opened"
+    assert summary.videos == 3 and len(rows(scanned)) == 6
+
+
 def test_a_second_rescore_skips_and_rescan_redoes(scanned: Path, tiny_checkpoint: Path) -> None:
     run_rescore(config(scanned, tiny_checkpoint))
     again = run_rescore(config(scanned, tiny_checkpoint, run_id="rescore-2"))

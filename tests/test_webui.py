@@ -498,6 +498,42 @@ def empty_scan(tmp_path: Path) -> list[str]:
     return ["--warehouse", f"duckdb://{tmp_path}/scans.duckdb", "--faces", str(tmp_path / "faces")]
 
 
+def test_a_warehouse_a_scan_holds_is_one_line_for_report_and_a_503_page(
+    empty_warehouse: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A scan holds its DuckDB file from start to end: `dfscan report` then says so in
+    one line (it raised DuckDB's IOException, a traceback), the UI with a 503 page."""
+    import subprocess
+    import sys
+
+    path = empty_warehouse.removeprefix("duckdb://")
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import duckdb, sys; c = duckdb.connect(sys.argv[1]);"
+            " print('held', flush=True); sys.stdin.read()",
+            path,
+        ],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert holder.stdin is not None and holder.stdout is not None
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        args = ["--warehouse", empty_warehouse, "--faces", str(tmp_path)]
+        assert main(["report", *args, "--out", str(tmp_path / "r.html")]) == 1
+        locked = f"warehouse {empty_warehouse} is locked by another process (pid {holder.pid})"
+        assert capsys.readouterr().err == f"dfscan: error: {locked}\n"
+        resp = create_app(ScanBrowser(empty_warehouse, str(tmp_path))).test_client().get("/")
+        assert resp.status_code == 503
+        assert locked in resp.get_data(as_text=True)
+    finally:
+        holder.stdin.close()
+        assert holder.wait(timeout=60) == 0
+
+
 @pytest.mark.parametrize("port", ["-1", "65536", "70000"])
 def test_a_port_outside_0_to_65535_is_an_argparse_error(
     port: str, capsys: pytest.CaptureFixture[str]

@@ -431,6 +431,42 @@ def test_ensure_schema_refuses_a_table_missing_columns(wh_url: str) -> None:
             wh.ensure_schema()
 
 
+def test_ensure_schema_refuses_a_not_null_column_it_does_not_write(
+    wh_url: str,
+) -> None:
+    """A column an older layout left behind gets NULL from every upsert: if it refuses
+    NULL, setup says so, rather than the first batch of rows after the decode."""
+    with DuckDBWarehouse(wh_url) as wh:
+        wh.ensure_schema()
+        wh.con.execute('ALTER TABLE video_scans ADD COLUMN "legacy_score" DOUBLE NOT NULL')
+        with pytest.raises(ConfigError) as err:
+            wh.ensure_schema()
+        assert str(err.value) == (
+            "warehouse table video_scans has NOT NULL columns this version does not write:"
+            " legacy_score: give them a default, drop NOT NULL or use another database"
+        )
+        wh.con.execute('ALTER TABLE video_scans ALTER COLUMN "legacy_score" SET DEFAULT 0')
+        wh.ensure_schema()  # a default fills it
+        assert wh.upsert_scans([make_scan(video_id="a")]) == 1
+
+
+def test_ensure_schema_refuses_a_table_without_its_key_before_any_row(wh_url: str) -> None:
+    """A table made without its primary key (CREATE TABLE AS, a restore) would fail the
+    first upsert, after the decode; setup says so instead."""
+    ddl = video_scans_ddl("duckdb").replace(',\n    PRIMARY KEY ("video_id", "model_version")', "")
+    with DuckDBWarehouse(wh_url) as wh:
+        wh.con.execute(ddl)
+        with pytest.raises(ConfigError) as err:
+            wh.ensure_schema()
+        assert str(err.value) == (
+            "warehouse table video_scans has no primary key or unique index on"
+            " (video_id, model_version): add one or use another database"
+        )
+        wh.con.execute('CREATE UNIQUE INDEX by_key ON video_scans ("video_id", "model_version")')
+        wh.ensure_schema()  # a unique index is a key ON CONFLICT can use
+        assert wh.upsert_scans([make_scan(video_id="a"), make_scan(video_id="a")]) == 1
+
+
 # --- names and URLs ------------------------------------------------------------------
 
 
@@ -516,3 +552,32 @@ def test_warehouse_writer_lifecycle_upserts_batches_and_passes_rows_on(wh_url: s
 def test_warehouse_writer_rejects_a_bad_url_on_construction() -> None:
     with pytest.raises(ConfigError, match="unknown warehouse URL scheme 'nope'"):
         WarehouseWriter("nope://somewhere")
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["scan", "videos", "--out", "out"],
+        ["results"],
+        ["rescore", "--faces", "out/faces", "--model", "new.pt"],
+        ["ui"],
+        ["report", "--out", "report.html"],
+        ["runs"],
+    ],
+)
+def test_an_empty_warehouse_url_is_one_line_not_the_default_duckdb_file(
+    command: list[str], tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch
+) -> None:
+    """``--warehouse "$URL"`` with the variable unset: refused, so a job meant for
+    PostgreSQL does not write a DuckDB file beside itself and exit 0."""
+    from pipelines.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as exc:
+        main([*command, "--warehouse", ""])
+    assert exc.value.code == 2
+    assert capsys.readouterr().err == (
+        "dfscan: error: argument --warehouse: empty warehouse URL: leave the flag out for the"
+        " default\n"
+    )
+    assert list(tmp_path.iterdir()) == []
