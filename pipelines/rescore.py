@@ -145,7 +145,13 @@ def run_rescore(
     from operators.models.checkpoints import model_version
     from operators.models.scorers import read_meta
     from pipelines import code_version
-    from pipelines.scan import RUNNERS, ScanSummary, record_row_metrics
+    from pipelines.scan import (
+        RUNNERS,
+        ScanSummary,
+        _after_failure,
+        config_json,
+        record_row_metrics,
+    )
 
     started = time.time()
     meta, sha = read_meta(cfg.scorer.checkpoint, cfg.storage_options or None)
@@ -162,9 +168,10 @@ def run_rescore(
     # process's (the writer shares it), so a reader that comes mid-run is refused.
     warehouse = build_warehouse(cfg.warehouse_url)
     warehouse.ensure_schema()
-    warehouse.start_run(cfg.run_id, "rescore", _config_json(cfg), code_version())
+    warehouse.start_run(cfg.run_id, "rescore", config_json(cfg), code_version())
     summary = ScanSummary(cfg.run_id, runner.name, version, metrics=metrics)
     status, error = "failed", None
+    failure: BaseException | None = None
     try:
         todo, summary.skipped = plan_rescore(cfg, warehouse, version, meta.crop_scale)
         if on_listed:
@@ -180,25 +187,22 @@ def run_rescore(
         metrics.mark_success()
     except BaseException as exc:
         error = f"{type(exc).__name__}: {exc}"
+        failure = exc
         raise
     finally:
         summary.seconds = time.time() - started
-        try:
+
+        def finish() -> None:
             # A fresh connection: PostgreSQL may have cut the idle one.
             with build_warehouse(cfg.warehouse_url) as record:
                 record.finish_run(cfg.run_id, status, dict(summary.counts), error)
+
+        try:
+            # Failing too, the record is a warning: the run's own error is what is raised.
+            _after_failure(failure, f"run {cfg.run_id} record", finish)
         finally:
             warehouse.close()
     return summary
-
-
-def _config_json(cfg: RescoreConfig) -> str:
-    import json
-    from dataclasses import asdict
-
-    d = asdict(cfg)
-    d.pop("storage_options", None)  # may hold credentials: never recorded
-    return json.dumps(d, sort_keys=True, default=str)
 
 
 # ---------------------------------------------------------------- command line

@@ -18,7 +18,7 @@ from operators.metrics import MetricsPusher, ScanMetrics
 from operators.redact import redact, redact_values
 from operators.write_face_shards import commit_run, run_has_commits
 from pipelines import code_version
-from pipelines.config import ConfigError, EngineConfig, ScanConfig
+from pipelines.config import ConfigError, EngineConfig, RescoreConfig, ScanConfig
 from pipelines.graph import (
     ModelInfo,
     build_operators,
@@ -117,7 +117,7 @@ def record_row_metrics(metrics: ScanMetrics, row: VideoScan) -> None:
         metrics.set_info(detector_sha256=row.detector_sha256)
 
 
-def config_json(cfg: ScanConfig) -> str:
+def config_json(cfg: ScanConfig | RescoreConfig) -> str:
     d = asdict(cfg)
     d.pop("storage_options", None)  # may hold credentials: never recorded
     # URL passwords (warehouse, Pushgateway, engine args) are masked, never recorded.

@@ -148,6 +148,37 @@ def test_a_rescore_holds_its_duckdb_file_until_its_run_record(
     assert summary.videos == 3 and len(rows(scanned)) == 6
 
 
+def test_a_failing_run_record_does_not_replace_the_rescores_own_error(
+    scanned: Path, tiny_checkpoint: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import pipelines.rescore
+    from operators.write_warehouse import WarehouseUnavailable
+
+    def lost(*args: object, **kwargs: object) -> None:
+        raise WarehouseUnavailable("warehouse went away")
+
+    def plan(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("shard index unreadable")
+
+    monkeypatch.setattr(pipelines.rescore, "plan_rescore", plan)
+    monkeypatch.setattr(DuckDBWarehouse, "finish_run", lost)
+    with pytest.raises(RuntimeError, match="shard index unreadable"):
+        run_rescore(config(scanned, tiny_checkpoint))
+
+
+def test_the_rescore_run_record_masks_secrets_as_a_scans_does(
+    scanned: Path, tiny_checkpoint: Path
+) -> None:
+    from pipelines.config import EngineConfig
+
+    engine = EngineConfig("local", beam_args=("--temp_location=gs://t?token=arg-token-4",))
+    run_rescore(config(scanned, tiny_checkpoint, engine=engine, storage_options={"k": "s-5"}))
+    with DuckDBWarehouse(f"duckdb://{scanned}/scans.duckdb") as wh:
+        [run] = [r for r in wh.query_runs() if r["run_id"] == "rescore-1"]
+    assert "arg-token-4" not in run["config"] and "s-5" not in run["config"]
+    assert json.loads(run["config"])["engine"]["beam_args"] == ["--temp_location=gs://t?token=***"]
+
+
 def test_a_second_rescore_skips_and_rescan_redoes(scanned: Path, tiny_checkpoint: Path) -> None:
     run_rescore(config(scanned, tiny_checkpoint))
     again = run_rescore(config(scanned, tiny_checkpoint, run_id="rescore-2"))
