@@ -159,6 +159,8 @@ def register(subparsers: Any) -> None:
 
 def add_train_arguments(p: argparse.ArgumentParser) -> None:
     """Flags ``train`` and ``tune`` share (tune searches over the others)."""
+    from pipelines.cli import warehouse_arg
+
     p.add_argument(
         "--data",
         required=True,
@@ -202,7 +204,11 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.add_argument("--no-amp", action="store_true", help="no mixed precision on CUDA")
     p.add_argument("--deterministic", action="store_true", help="deterministic kernels too")
-    p.add_argument("--warehouse", help="record the run in this warehouse's training_runs")
+    p.add_argument(
+        "--warehouse",
+        type=warehouse_arg,
+        help="record the run in this warehouse's training_runs",
+    )
     p.add_argument("--run-id", help="id of this run (default: time + random)")
 
 

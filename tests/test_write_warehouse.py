@@ -563,6 +563,8 @@ def test_warehouse_writer_rejects_a_bad_url_on_construction() -> None:
         ["ui"],
         ["report", "--out", "report.html"],
         ["runs"],
+        ["train", "--data", "crops", "--out", "m.pt"],
+        ["tune", "--data", "crops", "--out", "tune"],
     ],
 )
 def test_an_empty_warehouse_url_is_one_line_not_the_default_duckdb_file(
