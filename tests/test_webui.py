@@ -499,14 +499,15 @@ def empty_scan(tmp_path: Path) -> list[str]:
 
 
 def test_a_warehouse_a_scan_holds_is_one_line_for_report_and_a_503_page(
-    empty_warehouse: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    empty_scan: list[str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """A scan holds its DuckDB file from start to end: `dfscan report` then says so in
     one line (it raised DuckDB's IOException, a traceback), the UI with a 503 page."""
     import subprocess
     import sys
 
-    path = empty_warehouse.removeprefix("duckdb://")
+    warehouse = empty_scan[1]
+    path = warehouse.removeprefix("duckdb://")
     holder = subprocess.Popen(
         [
             sys.executable,
@@ -522,11 +523,10 @@ def test_a_warehouse_a_scan_holds_is_one_line_for_report_and_a_503_page(
     assert holder.stdin is not None and holder.stdout is not None
     try:
         assert holder.stdout.readline().strip() == "held"
-        args = ["--warehouse", empty_warehouse, "--faces", str(tmp_path)]
-        assert main(["report", *args, "--out", str(tmp_path / "r.html")]) == 1
-        locked = f"warehouse {empty_warehouse} is locked by another process (pid {holder.pid})"
+        assert main(["report", *empty_scan, "--out", str(tmp_path / "r.html")]) == 1
+        locked = f"warehouse {warehouse} is locked by another process (pid {holder.pid})"
         assert capsys.readouterr().err == f"dfscan: error: {locked}\n"
-        resp = create_app(ScanBrowser(empty_warehouse, str(tmp_path))).test_client().get("/")
+        resp = create_app(ScanBrowser(warehouse, str(tmp_path))).test_client().get("/")
         assert resp.status_code == 503
         assert locked in resp.get_data(as_text=True)
     finally:
