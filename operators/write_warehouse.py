@@ -177,6 +177,9 @@ class Warehouse(abc.ABC):
         self.runs_table = validate_identifier(runs_table)
         self.uris_table = validate_identifier(uris_table)
         self.training_table = validate_identifier(training_table)
+        # The run has used this warehouse already (its driver checked it before any
+        # work): a connection refused now is an outage, not a setting to fix.
+        self.reached = False
 
     # --- backend primitives -----------------------------------------------------------
 
@@ -751,7 +754,7 @@ class PostgresWarehouse(Warehouse):
             import psycopg
             from psycopg.rows import dict_row
 
-            lost = self._con is not None
+            lost = self._con is not None or self.reached
             try:
                 con = psycopg.connect(_pg_conninfo(self.url), autocommit=True, row_factory=dict_row)
             except psycopg.OperationalError as err:
@@ -910,6 +913,9 @@ class WarehouseWriter(Operator[VideoScan, VideoScan]):
 
     def setup(self) -> None:
         self._warehouse = build_warehouse(self.url)
+        # The driver connected before any work; on Beam this runs after the decode,
+        # where a server that went down since is exit 1 (rerun), not exit 2 (a setting).
+        self._warehouse.reached = True
         self._warehouse.ensure_schema()
 
     def process_batch(self, items: list[VideoScan]) -> list[VideoScan]:

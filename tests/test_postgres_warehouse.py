@@ -20,6 +20,7 @@ import pytest
 from operators.write_warehouse import (
     WAREHOUSES,
     PostgresWarehouse,
+    WarehouseUnavailable,
     WarehouseWriter,
     build_warehouse,
 )
@@ -92,6 +93,19 @@ def test_a_port_that_is_not_a_number_is_one_line_without_the_password(capsys) ->
         "dfscan: error: cannot connect to warehouse postgresql://u@127.0.0.1:notaport/db: "
     )
     assert err.count("\n") == 1 and "not-to-be-shown" not in err
+
+
+def test_a_refused_connection_is_a_setting_first_and_an_outage_once_the_run_reached_it(
+    free_tcp_port: int,
+) -> None:
+    url = f"postgresql://dfscan:pw@127.0.0.1:{free_tcp_port}/dfscan"  # nothing listens
+    with pytest.raises(ConfigError, match="cannot connect to warehouse"):
+        PostgresWarehouse(url).ensure_schema()
+    # A writer's setup comes after the driver's check (on Beam, after the decode): the
+    # server went away meanwhile, so exit 1 and rerun, not exit 2 and fix a setting.
+    writer = WarehouseWriter(url)
+    with pytest.raises(WarehouseUnavailable, match="cannot reconnect"):
+        writer.setup()
 
 
 @pytest.mark.parametrize(
