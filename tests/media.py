@@ -9,6 +9,7 @@ import struct
 from collections.abc import Iterator
 from fractions import Fraction
 from pathlib import Path
+from typing import Any
 
 import av
 import numpy as np
@@ -101,13 +102,18 @@ def write_audio_with_cover(path: Path, cover_rgb: np.ndarray) -> Path:
         picture.pts = 0
         for packet in [*cover.encode(picture), *cover.encode()]:
             out.mux(packet)
-        silence = av.AudioFrame.from_ndarray(
-            np.zeros((1, 1024), np.float32), format="fltp", layout="mono"
-        )
-        silence.sample_rate, silence.pts = 16000, 0
-        for packet in [*audio.encode(silence), *audio.encode()]:
-            out.mux(packet)
+        _mux_silence(out, audio)
     return path
+
+
+def _mux_silence(out: Any, audio: Any) -> None:
+    """One 1024-sample block of silence on a 16 kHz AAC stream, flushed."""
+    silence = av.AudioFrame.from_ndarray(
+        np.zeros((1, 1024), np.float32), format="fltp", layout="mono"
+    )
+    silence.sample_rate, silence.pts = 16000, 0
+    for packet in [*audio.encode(silence), *audio.encode()]:
+        out.mux(packet)
 
 
 def truncate(src: Path, dst: Path, keep: int) -> Path:
@@ -223,12 +229,7 @@ def encode_clip(
                 packet.dts, packet.pts = i, max(i, pts[i])
             out.mux(packet)
         for a in audio:
-            silence = av.AudioFrame.from_ndarray(
-                np.zeros((1, 1024), np.float32), format="fltp", layout="mono"
-            )
-            silence.sample_rate, silence.pts = 16000, 0
-            for packet in [*a.encode(silence), *a.encode()]:
-                out.mux(packet)
+            _mux_silence(out, a)
     return path
 
 

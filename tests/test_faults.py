@@ -134,6 +134,19 @@ def duckdb_held_open(path: Path) -> Iterator[int]:
         assert proc.wait(timeout=60) == 0
 
 
+def pushing_scan(
+    videos: Path, out: Path, checkpoint: Path, run_id: str, gateway: str
+) -> subprocess.Popen[str]:
+    """``dfscan scan`` in its own process, pushing to ``gateway`` every 0.2 s."""
+    extra = ("--pushgateway", gateway, "--push-interval", "0.2")
+    return subprocess.Popen(
+        scan_command(videos, out, checkpoint, run_id, extra=extra),
+        cwd=ROOT,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
 def wait_for(what: str, check: Any, timeout_s: float = 120.0) -> Any:
     deadline = time.monotonic() + timeout_s
     while not (value := check()):
@@ -487,18 +500,7 @@ def test_a_pushgateway_that_dies_mid_run_costs_one_warning_line(
     gateway, gateway_proc = pushgateway
     videos, out = tmp_path / "videos", tmp_path / "out"
     add_videos(videos, FIRST)
-    scan = subprocess.Popen(
-        scan_command(
-            videos,
-            out,
-            tiny_checkpoint,
-            "gateway-dies",
-            extra=("--pushgateway", gateway, "--push-interval", "0.2"),
-        ),
-        cwd=ROOT,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    scan = pushing_scan(videos, out, tiny_checkpoint, "gateway-dies", gateway)
 
     def pushed() -> bool:
         with urllib.request.urlopen(f"{gateway}/metrics", timeout=5) as resp:
@@ -526,18 +528,7 @@ def test_a_sigterm_ends_the_scan_as_a_failed_run_that_says_so(
     gateway, _ = pushgateway
     videos, out = tmp_path / "videos", tmp_path / "out"
     add_videos(videos, (*FIRST, *LATER))
-    scan = subprocess.Popen(
-        scan_command(
-            videos,
-            out,
-            tiny_checkpoint,
-            "terminated",
-            extra=("--pushgateway", gateway, "--push-interval", "0.2"),
-        ),
-        cwd=ROOT,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    scan = pushing_scan(videos, out, tiny_checkpoint, "terminated", gateway)
 
     def gateway_value(name: str) -> float | None:
         with urllib.request.urlopen(f"{gateway}/metrics", timeout=5) as resp:

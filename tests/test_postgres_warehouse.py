@@ -27,8 +27,14 @@ from operators.write_warehouse import (
 from pipelines.cli import main
 from pipelines.config import ConfigError
 from schemas.arrow import VIDEO_SCANS_SCHEMA
-from schemas.warehouse import video_scans_ddl
-from tests.test_write_warehouse import HOUR, MAY_1, make_scan, make_unscored
+from tests.test_write_warehouse import (
+    HOUR,
+    MAY_1,
+    check_a_not_null_column_it_does_not_write_is_refused,
+    check_a_table_without_its_key_is_refused,
+    make_scan,
+    make_unscored,
+)
 
 pytestmark = pytest.mark.services
 
@@ -253,39 +259,14 @@ def test_ensure_schema_refuses_a_table_missing_columns(pg_url: str) -> None:
             wh.ensure_schema()
 
 
-def test_ensure_schema_refuses_a_not_null_column_it_does_not_write(
-    pg_url: str,
-) -> None:
-    """A column an older layout left behind gets NULL from every upsert: if it refuses
-    NULL, setup says so, rather than the first batch of rows after the decode."""
+def test_ensure_schema_refuses_a_not_null_column_it_does_not_write(pg_url: str) -> None:
     with PostgresWarehouse(pg_url) as wh:
-        wh.ensure_schema()
-        wh._execute('ALTER TABLE video_scans ADD COLUMN "legacy_score" DOUBLE PRECISION NOT NULL')
-        with pytest.raises(ConfigError) as err:
-            wh.ensure_schema()
-        assert str(err.value) == (
-            "warehouse table video_scans has NOT NULL columns this version does not write:"
-            " legacy_score: give them a default, drop NOT NULL or use another database"
-        )
-        wh._execute('ALTER TABLE video_scans ALTER COLUMN "legacy_score" SET DEFAULT 0')
-        wh.ensure_schema()  # a default fills it
-        assert wh.upsert_scans([make_scan(video_id="a")]) == 1
+        check_a_not_null_column_it_does_not_write_is_refused(wh, "DOUBLE PRECISION")
 
 
 def test_ensure_schema_refuses_a_table_without_its_key_before_any_row(pg_url: str) -> None:
-    key = ',\n    PRIMARY KEY ("video_id", "model_version")'
-    ddl = video_scans_ddl("postgres").replace(key, "")
     with PostgresWarehouse(pg_url) as wh:
-        wh._execute(ddl)
-        with pytest.raises(ConfigError) as err:
-            wh.ensure_schema()
-        assert str(err.value) == (
-            "warehouse table video_scans has no primary key or unique index on"
-            " (video_id, model_version): add one or use another database"
-        )
-        wh._execute('CREATE UNIQUE INDEX by_key ON video_scans ("video_id", "model_version")')
-        wh.ensure_schema()  # a unique index is a key ON CONFLICT can use
-        assert wh.upsert_scans([make_scan(video_id="a"), make_scan(video_id="a")]) == 1
+        check_a_table_without_its_key_is_refused(wh)
 
 
 def test_a_dashboard_view_of_another_layout_is_one_line_at_setup(pg_url: str) -> None:

@@ -503,35 +503,16 @@ def test_a_warehouse_a_scan_holds_is_one_line_for_report_and_a_503_page(
 ) -> None:
     """A scan holds its DuckDB file from start to end: `dfscan report` then says so in
     one line (it raised DuckDB's IOException, a traceback), the UI with a 503 page."""
-    import subprocess
-    import sys
+    from tests.test_faults import duckdb_held_open
 
     warehouse = empty_scan[1]
-    path = warehouse.removeprefix("duckdb://")
-    holder = subprocess.Popen(
-        [
-            sys.executable,
-            "-c",
-            "import duckdb, sys; c = duckdb.connect(sys.argv[1]);"
-            " print('held', flush=True); sys.stdin.read()",
-            path,
-        ],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    assert holder.stdin is not None and holder.stdout is not None
-    try:
-        assert holder.stdout.readline().strip() == "held"
+    with duckdb_held_open(Path(warehouse.removeprefix("duckdb://"))) as holder:
         assert main(["report", *empty_scan, "--out", str(tmp_path / "r.html")]) == 1
-        locked = f"warehouse {warehouse} is locked by another process (pid {holder.pid})"
+        locked = f"warehouse {warehouse} is locked by another process (pid {holder})"
         assert capsys.readouterr().err == f"dfscan: error: {locked}\n"
         resp = create_app(ScanBrowser(warehouse, str(tmp_path))).test_client().get("/")
         assert resp.status_code == 503
         assert locked in resp.get_data(as_text=True)
-    finally:
-        holder.stdin.close()
-        assert holder.wait(timeout=60) == 0
 
 
 @pytest.mark.parametrize("port", ["-1", "65536", "70000"])

@@ -14,6 +14,7 @@ import pytest
 from operators.write_warehouse import (
     WAREHOUSES,
     DuckDBWarehouse,
+    Warehouse,
     WarehouseWriter,
     build_warehouse,
     duckdb_path,
@@ -431,40 +432,46 @@ def test_ensure_schema_refuses_a_table_missing_columns(wh_url: str) -> None:
             wh.ensure_schema()
 
 
-def test_ensure_schema_refuses_a_not_null_column_it_does_not_write(
-    wh_url: str,
-) -> None:
+def check_a_not_null_column_it_does_not_write_is_refused(wh: Warehouse, number: str) -> None:
     """A column an older layout left behind gets NULL from every upsert: if it refuses
     NULL, setup says so, rather than the first batch of rows after the decode."""
-    with DuckDBWarehouse(wh_url) as wh:
+    wh.ensure_schema()
+    wh._execute(f'ALTER TABLE video_scans ADD COLUMN "legacy_score" {number} NOT NULL')
+    with pytest.raises(ConfigError) as err:
         wh.ensure_schema()
-        wh.con.execute('ALTER TABLE video_scans ADD COLUMN "legacy_score" DOUBLE NOT NULL')
-        with pytest.raises(ConfigError) as err:
-            wh.ensure_schema()
-        assert str(err.value) == (
-            "warehouse table video_scans has NOT NULL columns this version does not write:"
-            " legacy_score: give them a default, drop NOT NULL or use another database"
-        )
-        wh.con.execute('ALTER TABLE video_scans ALTER COLUMN "legacy_score" SET DEFAULT 0')
-        wh.ensure_schema()  # a default fills it
-        assert wh.upsert_scans([make_scan(video_id="a")]) == 1
+    assert str(err.value) == (
+        "warehouse table video_scans has NOT NULL columns this version does not write:"
+        " legacy_score: give them a default, drop NOT NULL or use another database"
+    )
+    wh._execute('ALTER TABLE video_scans ALTER COLUMN "legacy_score" SET DEFAULT 0')
+    wh.ensure_schema()  # a default fills it
+    assert wh.upsert_scans([make_scan(video_id="a")]) == 1
+
+
+def check_a_table_without_its_key_is_refused(wh: Warehouse) -> None:
+    """A table made without its primary key (CREATE TABLE AS, a restore) would fail the
+    first upsert, after the decode; setup says so instead."""
+    key = ',\n    PRIMARY KEY ("video_id", "model_version")'
+    wh._execute(video_scans_ddl(wh.dialect).replace(key, ""))
+    with pytest.raises(ConfigError) as err:
+        wh.ensure_schema()
+    assert str(err.value) == (
+        "warehouse table video_scans has no primary key or unique index on"
+        " (video_id, model_version): add one or use another database"
+    )
+    wh._execute('CREATE UNIQUE INDEX by_key ON video_scans ("video_id", "model_version")')
+    wh.ensure_schema()  # a unique index is a key ON CONFLICT can use
+    assert wh.upsert_scans([make_scan(video_id="a"), make_scan(video_id="a")]) == 1
+
+
+def test_ensure_schema_refuses_a_not_null_column_it_does_not_write(wh_url: str) -> None:
+    with DuckDBWarehouse(wh_url) as wh:
+        check_a_not_null_column_it_does_not_write_is_refused(wh, "DOUBLE")
 
 
 def test_ensure_schema_refuses_a_table_without_its_key_before_any_row(wh_url: str) -> None:
-    """A table made without its primary key (CREATE TABLE AS, a restore) would fail the
-    first upsert, after the decode; setup says so instead."""
-    ddl = video_scans_ddl("duckdb").replace(',\n    PRIMARY KEY ("video_id", "model_version")', "")
     with DuckDBWarehouse(wh_url) as wh:
-        wh.con.execute(ddl)
-        with pytest.raises(ConfigError) as err:
-            wh.ensure_schema()
-        assert str(err.value) == (
-            "warehouse table video_scans has no primary key or unique index on"
-            " (video_id, model_version): add one or use another database"
-        )
-        wh.con.execute('CREATE UNIQUE INDEX by_key ON video_scans ("video_id", "model_version")')
-        wh.ensure_schema()  # a unique index is a key ON CONFLICT can use
-        assert wh.upsert_scans([make_scan(video_id="a"), make_scan(video_id="a")]) == 1
+        check_a_table_without_its_key_is_refused(wh)
 
 
 # --- names and URLs ------------------------------------------------------------------
